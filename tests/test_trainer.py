@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_job
+
+from training_backend import methods
+from training_backend.checkpoint import load_checkpoint
+from training_backend.events import (
+    Checkpoint,
+    Error,
+    Finished,
+    Prediction,
+    Progress,
+    Started,
+    Suggestions,
+)
+from training_backend.inference import load_model, predict_volume
+from training_backend.metrics import mean_dice
+from training_backend.trainer import train
+
+
+def run(job):
+    return list(train(job))
+
+
+def test_a_short_cpu_run_lowers_the_loss(tiny_phantom, tmp_path):
+    job = tiny_job(tiny_phantom, tmp_path, iterations=60, log_every=1, method="supervised")
+    events = run(job)
+    assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
+    losses = [e.losses["supervised"] for e in events if isinstance(e, Progress)]
+    assert len(losses) == 60
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert events[-1].iteration == 60 and not events[-1].stopped_early
+
+
+@pytest.mark.parametrize("method", ["crii", "supervised", "mean-teacher"])
+def test_every_method_trains_and_saves(tiny_phantom, tmp_path, method):
+    events = run(tiny_job(tiny_phantom, tmp_path, iterations=6, method=method))
+    finished = events[-1]
+    assert isinstance(finished, Finished), events[-1]
+    data = load_checkpoint(finished.model_path, num_classes=3)
+    assert data.iteration == 6 and data.config.train.method == method
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert all(np.isfinite(list(p.losses.values())).all() for p in progress)
+    if method == "crii":
+        assert {"intra_prl", "inter_prl", "consistency"} <= set(progress[-1].losses)
+
+
+def test_same_seed_same_weights(tiny_phantom, tmp_path):
+    first = run(tiny_job(tiny_phantom, tmp_path / "a", iterations=8))[-1]
+    second = run(tiny_job(tiny_phantom, tmp_path / "b", iterations=8))[-1]
+    a = load_checkpoint(first.model_path).model_state
+    b = load_checkpoint(second.model_path).model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_ends_cleanly_with_a_usable_model(tiny_phantom, tmp_path):
+    job = tiny_job(tiny_phantom, tmp_path, iterations=10_000, log_every=1)
+    events = []
+    for event in train(job):
+        events.append(event)
+        if isinstance(event, Progress) and event.iteration == 5:
+            job.stop.request()
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.stopped_early
+    assert finished.reason == "stopped" and finished.iteration == 5
+    assert isinstance(events[-2], Checkpoint)
+    model, _ = load_model(finished.model_path, torch.device("cpu"))
+    assert model.config.num_classes == 3
+
+
+def test_stop_file_from_another_process(tiny_phantom, tmp_path):
+    from training_backend.trainer import STOP_FILE, StopSignal
+
+    job = tiny_job(tiny_phantom, tmp_path, iterations=10_000, log_every=1)
+    job.stop = StopSignal(tmp_path / STOP_FILE)
+    for event in train(job):
+        if isinstance(event, Progress) and event.iteration == 3:
+            (tmp_path / STOP_FILE).touch()
+        last = event
+    assert last.stopped_early and last.iteration == 3
+
+
+def test_resume_continues_the_iteration_count(tiny_phantom, tmp_path):
+    first = run(tiny_job(tiny_phantom, tmp_path / "a", iterations=5))[-1]
+    job = tiny_job(tiny_phantom, tmp_path / "b", iterations=4)
+    job.resume = first.model_path
+    second = run(job)[-1]
+    assert second.iteration == 9
+    assert load_checkpoint(second.model_path).optimizer_state is not None
+
+
+def test_warm_start_keeps_the_quality_at_once(tiny_phantom, tmp_path):
+    phantom, _, _ = tiny_phantom
+    first = run(tiny_job(tiny_phantom, tmp_path / "a", iterations=60, method="supervised"))[-1]
+    cpu = torch.device("cpu")
+
+    def dice(path):
+        model, data = load_model(path, cpu)
+        pred = predict_volume(model, phantom.image, 0, 1, cpu, loss_config=data.config.loss)
+        return mean_dice(pred.refined, phantom.truth, 3)
+
+    job = tiny_job(
+        tiny_phantom, tmp_path / "b", iterations=2, method="supervised", learning_rate=1e-4
+    )
+    job.init_model = first.model_path
+    warm = run(job)[-1]
+    cold = run(tiny_job(tiny_phantom, tmp_path / "c", iterations=2, method="supervised"))[-1]
+    assert dice(warm.model_path) > dice(first.model_path) - 0.05
+    assert dice(warm.model_path) > dice(cold.model_path) + 0.1
+
+
+def test_a_nan_loss_stops_with_a_message(tiny_phantom, tmp_path, monkeypatch):
+    original = methods.SupervisedMethod.losses
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, progress, autocast):
+        calls["n"] += 1
+        named = original(self, model, batch, progress, autocast)
+        if calls["n"] > 3:
+            named["total"] = named["total"] * float("nan")
+        return named
+
+    monkeypatch.setattr(methods.SupervisedMethod, "losses", poisoned)
+    job = tiny_job(tiny_phantom, tmp_path, iterations=50, method="supervised", checkpoint_every=2)
+    events = run(job)
+    assert isinstance(events[-1], Error)
+    assert "not finite" in events[-1].message and "last good model" in events[-1].message
+    kept = load_checkpoint(tmp_path / "model.pt")
+    assert kept.iteration == 2
+    assert all(torch.isfinite(v).all() for v in kept.model_state.values() if v.is_floating_point())
+
+
+def test_predict_at_end_writes_volumes_and_suggestions(tiny_phantom, tmp_path):
+    phantom, _, slices = tiny_phantom
+    job = tiny_job(tiny_phantom, tmp_path, iterations=3)
+    job.predict_at_end = True
+    events = run(job)
+    prediction = next(e for e in events if isinstance(e, Prediction))
+    suggestions = next(e for e in events if isinstance(e, Suggestions))
+    refined = np.load(prediction.refined)
+    hardness = np.load(prediction.hardness)
+    assert refined.shape == hardness.shape == phantom.image.shape
+    assert 0.0 <= hardness.min() and hardness.max() <= 1.0
+    assert suggestions.slices and not set(suggestions.slices) & set(slices)

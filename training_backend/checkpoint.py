@@ -1,0 +1,114 @@
+"""Model files: weights, optimiser state, config and format version; safe to load.
+
+Loading uses ``torch.load(weights_only=True)``: a crafted file cannot run code. Files are
+written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training_backend.config import CriiConfig
+from training_backend.errors import CheckpointError, ConfigError
+
+FORMAT_NAME = "napari-crii"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CheckpointData:
+    """What a checkpoint holds, as plain tensors and builtins."""
+
+    config: CriiConfig
+    model_state: dict[str, torch.Tensor]
+    iteration: int = 0
+    optimizer_state: dict[str, Any] | None = None
+    teacher_state: dict[str, torch.Tensor] | None = None
+    axis: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+
+def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> Path:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": data.config.to_dict(),
+        "num_classes": data.num_classes,
+        "iteration": data.iteration,
+        "axis": data.axis,
+        "model_state": _to_cpu(data.model_state),
+        "optimizer_state": data.optimizer_state,
+        "teacher_state": None if data.teacher_state is None else _to_cpu(data.teacher_state),
+        "extra": data.extra,
+    }
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, num_classes: int | None = None, map_location: str = "cpu"
+) -> CheckpointData:
+    """Read a checkpoint; raise CheckpointError for a file that is not ours or does not fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f"{path}: not a napari-crii model file, or a damaged one "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a napari-crii model file (no '{FORMAT_NAME}' tag)")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: model file format version {version!r}; this napari-crii reads version "
+            f"{FORMAT_VERSION}. Retrain, or use the napari-crii release that wrote it."
+        )
+    try:
+        config = CriiConfig.from_dict(payload["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the stored configuration is invalid: {exc}") from exc
+    stored_classes = payload.get("num_classes")
+    if num_classes is not None and stored_classes != num_classes:
+        raise CheckpointError(
+            f"{path}: the model segments {stored_classes} classes (background included) but "
+            f"the data has {num_classes}. Train a new model for these labels."
+        )
+    return CheckpointData(
+        config=config,
+        model_state=payload["model_state"],
+        iteration=int(payload.get("iteration", 0)),
+        optimizer_state=payload.get("optimizer_state"),
+        teacher_state=payload.get("teacher_state"),
+        axis=payload.get("axis"),
+        extra=payload.get("extra") or {},
+    )
+
+
+def _to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu() for key, value in state.items()}

@@ -1,0 +1,437 @@
+"""The ``crii`` command: train, predict, suggest, demo. Outside tools call it: keep it stable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from training_backend import __version__, distributed
+from training_backend.annotations import SparseAnnotation
+from training_backend.config import DEVICES, METHODS, CriiConfig
+from training_backend.devices import resolve_device
+from training_backend.errors import AnnotationError, ConfigError, CriiError
+from training_backend.events import Error, Event, encode
+from training_backend.inference import load_model, predict_volume, suggest_slices
+from training_backend.io import default_slice_axis, read_volume, write_volume
+from training_backend.trainer import STOP_FILE, StopSignal, TrainingJob, TrainingVolume, train
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crii",
+        description="CRII-Net: segment a 3D volume from a few annotated slices.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-crii {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train a model from sparse annotations")
+    t.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        type=Path,
+        help="image volume (.nii, .nii.gz, .tif, .tiff); repeat with --labels",
+    )
+    t.add_argument(
+        "--labels",
+        action="append",
+        required=True,
+        type=Path,
+        help="label volume of the preceding --image (0 = background, 1..K classes)",
+    )
+    t.add_argument(
+        "--background-slices",
+        action="append",
+        default=None,
+        metavar="SLICES",
+        help="annotated slices that hold only background, for the matching --labels "
+        "(e.g. '0,5,10-12'); 'all' marks every slice annotated (a fully "
+        "labeled volume); repeat once per --labels, '' for none",
+    )
+    t.add_argument(
+        "--unlabeled",
+        action="append",
+        default=[],
+        type=Path,
+        help="further unannotated volume used as unlabeled data (repeatable)",
+    )
+    t.add_argument("--out", required=True, type=Path, help="run folder (model.pt, train.log)")
+    t.add_argument("--method", choices=METHODS, default="crii")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--iterations", type=int, help="budget in training iterations")
+    budget.add_argument("--seconds", type=float, help="budget in seconds (default 60)")
+    t.add_argument("--device", choices=DEVICES, default="auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--axis",
+        type=int,
+        choices=(0, 1, 2),
+        help="slice axis of the array (default: axial for NIfTI, 0 for TIFF)",
+    )
+    t.add_argument("--init", type=Path, help="warm start from this model (a previous round)")
+    t.add_argument("--resume", type=Path, help="continue this checkpoint (optimiser included)")
+    t.add_argument("--events", help="write JSON events, one per line, to FILE or '-' (stdout)")
+    t.add_argument("--config", type=Path, help="JSON file of settings {model, loss, train}")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set train.learning_rate=0.001",
+    )
+    t.add_argument("--preview-slice", type=int, help="slice to preview while training")
+    t.add_argument(
+        "--predict",
+        action="store_true",
+        help="at the end, write whole-volume predictions and suggestions (.npy)",
+    )
+    t.add_argument("--no-mixed-precision", action="store_true", help="train in float32 on CUDA too")
+
+    p = commands.add_parser("predict", help="segment a volume with a trained model")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="refined mask (.nii.gz, .nii, .tif)")
+    p.add_argument("--coarse", type=Path, help="also write the coarse mask")
+    p.add_argument(
+        "--probabilities",
+        type=Path,
+        help="refined foreground probability (1 - p_background); .npy keeps all "
+        "classes as (K, ...)",
+    )
+    p.add_argument("--hardness", type=Path, help="also write the hard-boundary map")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2))
+
+    s = commands.add_parser("suggest", help="rank the slices worth annotating next (JSON)")
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--image", required=True, type=Path)
+    s.add_argument("--labels", required=True, type=Path)
+    s.add_argument("--count", type=int, default=5)
+    s.add_argument("--device", choices=DEVICES, default="auto")
+    s.add_argument("--axis", type=int, choices=(0, 1, 2))
+
+    d = commands.add_parser("demo", help="train and predict on the synthetic phantom")
+    d.add_argument("--out", type=Path, default=Path("crii-demo"))
+    d.add_argument("--seconds", type=float, default=60.0)
+    d.add_argument("--device", choices=DEVICES, default="auto")
+    d.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "train": run_train,
+        "predict": run_predict,
+        "suggest": run_suggest,
+        "demo": run_demo,
+    }
+    try:
+        return handlers[args.command](args)
+    except CriiError as exc:
+        print(f"crii {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"crii {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_slices(text: str | None, count: int) -> list[int]:
+    """'0,5,10-12' -> [0, 5, 10, 11, 12]; 'all' -> every slice; '' or None -> []."""
+    if not text:
+        return []
+    if text.strip().lower() == "all":
+        return list(range(count))
+    found: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1)
+                found.extend(range(int(low), int(high) + 1))
+            elif part:
+                found.append(int(part))
+        except ValueError as exc:
+            raise AnnotationError(
+                f"cannot read slice list {text!r}: use indices and ranges like '0,5,10-12'"
+            ) from exc
+    return found
+
+
+def build_config(args: argparse.Namespace) -> CriiConfig:
+    """Defaults, then --config, then explicit flags, then --set overrides."""
+    data = CriiConfig().to_dict()
+    if args.config is not None:
+        try:
+            loaded = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{args.config}: cannot read the settings file: {exc}") from exc
+        for section, values in (loaded or {}).items():
+            data.setdefault(section, {}).update(values if isinstance(values, dict) else {})
+    train = data["train"]
+    train.update(method=args.method, device=args.device, seed=args.seed)
+    if args.iterations is not None:
+        train.update(iterations=args.iterations, seconds=None)
+    elif args.seconds is not None:
+        train.update(seconds=args.seconds, iterations=None)
+    if args.no_mixed_precision:
+        train["mixed_precision"] = False
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name or section not in data:
+            raise ConfigError(
+                f"--set {item!r}: use SECTION.KEY=VALUE with SECTION in {sorted(data)}"
+            )
+        data[section][name] = _parse_value(raw)
+    data["model"]["in_channels"] = 2 * int(data["train"]["context"]) + 1
+    return CriiConfig.from_dict(data)
+
+
+def _parse_value(raw: str) -> object:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def load_training_volumes(
+    args: argparse.Namespace, num_classes: int | None
+) -> tuple[list[TrainingVolume], int]:
+    """Read images, labels and unlabeled volumes; return them and the slice axis."""
+    if len(args.image) != len(args.labels):
+        raise AnnotationError(
+            f"{len(args.image)} --image but {len(args.labels)} --labels: give one --labels "
+            "per annotated --image (use --unlabeled for images without labels)"
+        )
+    backgrounds = args.background_slices or []
+    if len(backgrounds) > len(args.labels):
+        raise AnnotationError("more --background-slices than --labels: give one per --labels")
+    pairs = []
+    for image_path, label_path in zip(args.image, args.labels, strict=True):
+        pairs.append((read_volume(image_path), read_volume(label_path)))
+    first_image = pairs[0][0]
+    axis = args.axis if args.axis is not None else default_slice_axis(first_image.geometry)
+    if num_classes is None:
+        num_classes = max(2, *(int(np.max(labels.array, initial=0)) + 1 for _, labels in pairs))
+    volumes = []
+    for index, (image, labels) in enumerate(pairs):
+        count = image.array.shape[axis]
+        annotation = SparseAnnotation.from_labels(
+            labels.array,
+            image.array.shape,
+            axis,
+            background_slices=parse_slices(
+                backgrounds[index] if index < len(backgrounds) else None, count
+            ),
+            num_classes=num_classes,
+            source=str(labels.path),
+        )
+        volumes.append(
+            TrainingVolume(image.array, annotation, image.geometry.zooms, str(image.path))
+        )
+    for path in args.unlabeled:
+        volume = read_volume(path)
+        volumes.append(TrainingVolume(volume.array, None, volume.geometry.zooms, str(path)))
+    return volumes, axis
+
+
+def _class_count_of_model(args: argparse.Namespace) -> int | None:
+    from training_backend.checkpoint import load_checkpoint
+
+    source = args.resume or args.init
+    return None if source is None else load_checkpoint(source).num_classes
+
+
+def run_train(args: argparse.Namespace) -> int:
+    events_to_stdout = args.events == "-"
+    with ExitStack() as stack:
+        event_stream: TextIO | None = None
+        if events_to_stdout:
+            event_stream = sys.stdout
+        elif args.events:
+            event_stream = stack.enter_context(open(args.events, "w", encoding="utf-8"))
+        emit = _emitter(event_stream, quiet=events_to_stdout)
+        try:
+            config = build_config(args)
+            model_classes = _class_count_of_model(args)
+            volumes, axis = load_training_volumes(args, model_classes)
+            config.model.num_classes = volumes[0].annotation.num_classes
+            config.train.axis = axis
+            config.validate()
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / STOP_FILE).unlink(missing_ok=True)
+        except CriiError as exc:
+            emit(Error(message=str(exc), error_type=type(exc).__name__))
+            return EXIT_USER_ERROR
+        except OSError as exc:
+            emit(
+                Error(
+                    message=f"cannot prepare the run folder {args.out}: {exc}", error_type="OSError"
+                )
+            )
+            return EXIT_USER_ERROR
+        stop = StopSignal(args.out / STOP_FILE)
+        _install_stop_handlers(stop)
+        job = TrainingJob(
+            config=config,
+            volumes=volumes,
+            run_dir=args.out,
+            init_model=args.init,
+            resume=args.resume,
+            preview_slice=args.preview_slice,
+            predict_at_end=args.predict,
+            stop=stop,
+        )
+        log = None
+        if distributed.is_main():
+            (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            log = stack.enter_context(open(args.out / "train.log", "a", encoding="utf-8"))
+        failed = False
+        try:
+            for event in train(job):
+                if log is not None:
+                    log.write(encode(event) + "\n")
+                    log.flush()
+                emit(event)
+                failed = failed or isinstance(event, Error)
+        except Exception as exc:  # an internal error: tell the reader, keep the traceback
+            detail = traceback.format_exc()
+            if log is not None:
+                log.write(detail)
+            emit(
+                Error(
+                    message=f"internal error ({type(exc).__name__}: {exc}); details in "
+                    f"{args.out / 'train.log'}",
+                    error_type=type(exc).__name__,
+                )
+            )
+            return EXIT_INTERNAL_ERROR
+        finally:
+            distributed.shutdown()
+        return EXIT_USER_ERROR if failed else 0
+
+
+def _emitter(stream: TextIO | None, quiet: bool) -> Callable[[Event], None]:
+    """Send each event to the JSON stream and/or a human-readable console reporter."""
+    from training_backend.console import ConsoleReporter
+
+    console = None if quiet else ConsoleReporter()
+
+    def emit(event: Event) -> None:
+        if not distributed.is_main():
+            return
+        if stream is not None:
+            stream.write(encode(event) + "\n")
+            stream.flush()
+        if console is not None:
+            console(event)
+
+    return emit
+
+
+def _install_stop_handlers(stop: StopSignal) -> None:
+    """SIGINT and SIGTERM ask for a clean stop after the current step (a second one kills)."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request()
+
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, data = load_model(args.model, device)
+    volume = read_volume(args.image)
+    axis = _prediction_axis(args.axis, data.axis, volume)
+    prediction = predict_volume(
+        model,
+        volume.array,
+        axis,
+        data.config.train.context,
+        device,
+        mixed_precision=data.config.train.mixed_precision,
+        loss_config=data.config.loss,
+    )
+    written = [write_volume(args.out, prediction.refined, volume.geometry)]
+    if args.coarse:
+        written.append(write_volume(args.coarse, prediction.coarse, volume.geometry))
+    if args.hardness:
+        written.append(write_volume(args.hardness, prediction.hardness, volume.geometry))
+    if args.probabilities:
+        if args.probabilities.suffix == ".npy":
+            np.save(args.probabilities, prediction.probabilities)
+            written.append(args.probabilities)
+        else:
+            foreground = 1.0 - prediction.probabilities[0]
+            written.append(write_volume(args.probabilities, foreground, volume.geometry))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _prediction_axis(requested: int | None, trained: int | None, volume) -> int:
+    if requested is not None:
+        return requested
+    if trained is not None:
+        return trained
+    return default_slice_axis(volume.geometry)
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    model, data = load_model(args.model, device)
+    image = read_volume(args.image)
+    labels = read_volume(args.labels)
+    axis = _prediction_axis(args.axis, data.axis, image)
+    annotation = SparseAnnotation.from_labels(
+        labels.array,
+        image.array.shape,
+        axis,
+        num_classes=data.num_classes,
+        source=str(args.labels),
+    )
+    prediction = predict_volume(
+        model,
+        image.array,
+        axis,
+        data.config.train.context,
+        device,
+        mixed_precision=data.config.train.mixed_precision,
+        loss_config=data.config.loss,
+    )
+    picks = suggest_slices(prediction.slice_scores(axis), annotation.annotated, args.count)
+    result = {
+        "axis": axis,
+        "annotated": annotation.annotated_indices,
+        "slices": [{"index": index, "score": round(score, 6)} for index, score in picks],
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from training_backend.demo import run_demo as demo
+
+    demo(args.out, seconds=args.seconds, device=args.device, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Distributed data parallel under ``torchrun``: gloo on CPU, NCCL on CUDA; rank 0 writes.
+
+Outside ``torchrun`` (no ``WORLD_SIZE`` above 1) every function is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import distributed as dist
+from torch import nn
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def initialise(device: torch.device) -> None:
+    """Join the process group when started by torchrun (idempotent)."""
+    if not launched_by_torchrun() or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device_for_rank(device: torch.device) -> torch.device:
+    """On CUDA each process takes the GPU of its local rank, and joins the group."""
+    if device.type == "cuda" and launched_by_torchrun():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    initialise(device)
+    return device
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around the model when several processes train."""
+    if not active():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank when any rank says True (stop requests, budgets, NaN losses)."""
+    if not active():
+        return flag
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=backend_device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

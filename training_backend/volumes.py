@@ -1,0 +1,256 @@
+"""Training data: intensity normalisation, 2.5D slice stacks, batches and augmentations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training_backend.errors import VolumeError
+
+_PERCENTILE_SAMPLE = 2_000_000
+
+
+def normalize_intensity(array: np.ndarray, source: str = "image") -> np.ndarray:
+    """Return a float32 copy clipped to the 0.5-99.5 percentiles and scaled to zero mean, unit std.
+
+    Works for any dtype and range (uint8, int16 CT, float MRI). Non-finite voxels (NaN, Inf)
+    take the lowest normalised value. A constant image becomes all zeros.
+    """
+    data = np.asarray(array, dtype=np.float32)
+    finite = np.isfinite(data)
+    if not finite.any():
+        raise VolumeError(f"{source}: no finite intensity value (all NaN or Inf)")
+    values = data[finite]
+    if values.size > _PERCENTILE_SAMPLE:
+        values = values[:: values.size // _PERCENTILE_SAMPLE + 1]
+    low, high = np.percentile(values, [0.5, 99.5])
+    if not high > low:
+        return np.zeros(data.shape, dtype=np.float32)
+    clipped = np.clip(values, low, high)
+    mean, std = float(clipped.mean()), float(clipped.std())
+    std = std if std > 0 else float(high - low)
+    out = (np.clip(np.where(finite, data, low), low, high) - mean) / std
+    return out.astype(np.float32, copy=False)
+
+
+def slice_major(array: np.ndarray, axis: int) -> np.ndarray:
+    """View of a volume with the slice axis first: (S, H, W)."""
+    return np.moveaxis(array, axis, 0)
+
+
+def context_stack(
+    image: np.ndarray, indices: Sequence[int] | np.ndarray, context: int
+) -> np.ndarray:
+    """2.5D input: for each slice index, the slice and ``context`` neighbours on each side.
+
+    ``image`` is slice-major (S, H, W); returns (N, 2*context+1, H, W). Neighbours beyond the
+    volume repeat the edge slice.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    offsets = np.arange(-context, context + 1)
+    rows = np.clip(indices[:, None] + offsets[None, :], 0, image.shape[0] - 1)
+    return image[rows]
+
+
+@dataclass
+class SliceVolume:
+    """One training volume in slice-major order, ready for sampling.
+
+    ``annotated`` marks labeled slices; ``prior`` (K, S, H, W) and ``prior_weight`` (S, H, W)
+    hold the shape prior from the annotated slices, when one is used.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray | None
+    annotated: np.ndarray
+    prior: np.ndarray | None = None
+    prior_weight: np.ndarray | None = None
+
+    @property
+    def labeled_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.annotated)
+
+    @property
+    def unlabeled_indices(self) -> np.ndarray:
+        return np.flatnonzero(~self.annotated)
+
+
+@dataclass
+class Batch:
+    """A training batch; the first ``num_labeled`` items are labeled slices."""
+
+    image: torch.Tensor  # (B, C, H, W) float32
+    target: torch.Tensor  # (B, H, W) int64
+    label_mask: torch.Tensor  # (B, H, W) bool: pixels that carry a label
+    valid: torch.Tensor  # (B, H, W) bool: pixels inside the volume (not padding)
+    num_labeled: int
+    prior: torch.Tensor | None = None  # (B, K, H, W)
+    prior_weight: torch.Tensor | None = None  # (B, H, W)
+
+    def to(self, device: torch.device) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch(
+            move(self.image),
+            move(self.target),
+            move(self.label_mask),
+            move(self.valid),
+            self.num_labeled,
+            move(self.prior),
+            move(self.prior_weight),
+        )
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class BatchSampler:
+    """Draws batches that mix labeled and unlabeled slices from several volumes.
+
+    Every slice is padded to a common size (a multiple of the network's downsampling) and
+    randomly cropped when larger than ``crop_size``; padding is marked invalid.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[SliceVolume],
+        batch_size: int,
+        labeled_fraction: float,
+        crop_size: int,
+        context: int,
+        size_multiple: int,
+        seed: int,
+    ) -> None:
+        self.volumes = list(volumes)
+        self.context = context
+        self.rng = np.random.default_rng(seed)
+        self.labeled = [(v, i) for v, vol in enumerate(self.volumes) for i in vol.labeled_indices]
+        self.unlabeled = [
+            (v, i) for v, vol in enumerate(self.volumes) for i in vol.unlabeled_indices
+        ]
+        if not self.labeled:
+            raise VolumeError("no annotated slice in any training volume")
+        self.num_labeled = (
+            batch_size
+            if not self.unlabeled
+            else max(1, min(batch_size, round(batch_size * labeled_fraction)))
+        )
+        self.num_unlabeled = batch_size - self.num_labeled
+        height = max(vol.image.shape[1] for vol in self.volumes)
+        width = max(vol.image.shape[2] for vol in self.volumes)
+        self.height = min(round_up(height, size_multiple), crop_size)
+        self.width = min(round_up(width, size_multiple), crop_size)
+        self.has_prior = any(vol.prior is not None for vol in self.volumes)
+
+    def sample(self) -> Batch:
+        picks = self._draw(self.labeled, self.num_labeled) + self._draw(
+            self.unlabeled, self.num_unlabeled
+        )
+        items = [
+            self._item(self.volumes[v], i, n < self.num_labeled) for n, (v, i) in enumerate(picks)
+        ]
+        image, target, label_mask, valid, prior, prior_weight = (
+            np.stack([item[k] for item in items]) if items[0][k] is not None else None
+            for k in range(6)
+        )
+        return Batch(
+            torch.from_numpy(image),
+            torch.from_numpy(target),
+            torch.from_numpy(label_mask),
+            torch.from_numpy(valid),
+            self.num_labeled,
+            None if prior is None else torch.from_numpy(prior),
+            None if prior_weight is None else torch.from_numpy(prior_weight),
+        )
+
+    def _draw(self, pool: list[tuple[int, int]], count: int) -> list[tuple[int, int]]:
+        if count == 0:
+            return []
+        return [pool[k] for k in self.rng.integers(0, len(pool), size=count)]
+
+    def _item(self, vol: SliceVolume, index: int, labeled: bool) -> list[np.ndarray | None]:
+        _, height, width = vol.image.shape
+        top = int(self.rng.integers(0, max(height - self.height, 0) + 1))
+        left = int(self.rng.integers(0, max(width - self.width, 0) + 1))
+        rows = slice(top, top + self.height)
+        cols = slice(left, left + self.width)
+        image = context_stack(vol.image, [index], self.context)[0][:, rows, cols]
+        shape = image.shape[1:]
+        target = (
+            vol.labels[index, rows, cols]
+            if labeled and vol.labels is not None
+            else np.zeros(shape, np.int64)
+        )
+        ones = np.ones(shape, bool)
+        prior = prior_weight = None
+        if self.has_prior:
+            if vol.prior is not None:
+                prior = vol.prior[:, index, rows, cols]
+                prior_weight = vol.prior_weight[index, rows, cols]
+            else:
+                prior_weight = np.zeros(shape, np.float32)
+                prior = np.zeros((self._num_prior_classes(), *shape), np.float32)
+        pieces = [image, target, ones if labeled else ~ones, ones, prior, prior_weight]
+        return [None if p is None else self._pad(p) for p in pieces]
+
+    def _num_prior_classes(self) -> int:
+        return next(vol.prior.shape[0] for vol in self.volumes if vol.prior is not None)
+
+    def _pad(self, array: np.ndarray) -> np.ndarray:
+        pad_h = self.height - array.shape[-2]
+        pad_w = self.width - array.shape[-1]
+        if pad_h == 0 and pad_w == 0:
+            return np.ascontiguousarray(array)
+        widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_h), (0, pad_w)]
+        return np.pad(array, widths)
+
+
+def random_flips(batch: Batch, generator: torch.Generator) -> Batch:
+    """Flip each item along H and/or W at random: image, labels, masks and prior together."""
+    size = batch.image.shape[0]
+    flips = torch.rand(size, 2, generator=generator) < 0.5
+
+    def flip(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        out = t.clone()
+        for item in range(size):
+            dims = [d for d, on in zip((-2, -1), flips[item].tolist(), strict=True) if on]
+            if dims:
+                out[item] = torch.flip(t[item], dims)
+        return out
+
+    return Batch(
+        flip(batch.image),
+        flip(batch.target),
+        flip(batch.label_mask),
+        flip(batch.valid),
+        batch.num_labeled,
+        flip(batch.prior),
+        flip(batch.prior_weight),
+    )
+
+
+def intensity_jitter(
+    image: torch.Tensor, generator: torch.Generator, strength: float = 1.0
+) -> torch.Tensor:
+    """Strong view: random contrast, brightness, gamma-like curvature and noise per item.
+
+    Geometry is unchanged, so predictions on this view align with the original pixels.
+    Random numbers are drawn on the CPU generator, then moved to the image's device.
+    """
+    size = image.shape[0]
+    draw = torch.rand(size, 4, generator=generator).to(image.device)
+    contrast = 1.0 + strength * (draw[:, 0] - 0.5) * 0.5
+    brightness = strength * (draw[:, 1] - 0.5) * 0.4
+    curvature = strength * (draw[:, 2] - 0.5) * 0.2
+    noise_level = strength * draw[:, 3] * 0.15
+    noise = torch.randn(image.shape, generator=generator).to(image.device)
+    view = lambda t: t.view(size, 1, 1, 1)  # noqa: E731
+    out = view(contrast) * image + view(brightness) + view(curvature) * image * image.abs()
+    return out + view(noise_level) * noise
