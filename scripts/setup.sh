@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[gui,test]"
 echo "napari-crii installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

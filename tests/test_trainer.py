@@ -143,3 +143,22 @@ def test_predict_at_end_writes_volumes_and_suggestions(tiny_phantom, tmp_path):
     assert refined.shape == hardness.shape == phantom.image.shape
     assert 0.0 <= hardness.min() and hardness.max() <= 1.0
     assert suggestions.slices and not set(suggestions.slices) & set(slices)
+
+
+def test_previews_follow_the_requested_slice(tiny_phantom, tmp_path):
+    from training_backend.events import Preview
+    from training_backend.trainer import PREVIEW_SLICE_FILE
+
+    phantom, _, _ = tiny_phantom
+    job = tiny_job(tiny_phantom, tmp_path, iterations=30, preview_seconds=1e-6)
+    (tmp_path).mkdir(exist_ok=True)
+    previews = []
+    for event in train(job):
+        if isinstance(event, Preview):
+            previews.append(event)
+            if len(previews) == 2:
+                (tmp_path / PREVIEW_SLICE_FILE).write_text("7\n")
+            data = np.load(event.path)
+            assert data["refined"].shape == data["coarse"].shape == phantom.image.shape[1:]
+            assert data["hardness"].dtype == np.float32
+    assert previews[0].slice_index != 7 and previews[-1].slice_index == 7

@@ -44,7 +44,8 @@ class Progress(Event):
 
 @dataclass
 class Preview(Event):
-    """A small prediction of one slice, as a ``.npy`` file of refined labels."""
+    """A prediction of one slice: an ``.npz`` with ``refined``, ``coarse`` (uint8 labels) and
+    ``hardness`` (float32) arrays, slice index along the training axis."""
 
     kind: ClassVar[str] = "preview"
     iteration: int

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training_backend import distributed
+from training_backend import distributed, losses
 from training_backend.annotations import SparseAnnotation
 from training_backend.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
 from training_backend.config import CriiConfig
@@ -49,6 +49,7 @@ from training_backend.volumes import (
 
 MODEL_FILE = "model.pt"
 STOP_FILE = "STOP"
+PREVIEW_SLICE_FILE = "PREVIEW_SLICE"
 DEFAULT_PRIOR_RELIABILITY = 0.5
 MIN_SLICES_FOR_RELIABILITY = 4
 """Leave-one-out needs at least two inner annotated slices to say anything (3 gave ~0 on the
@@ -279,6 +280,9 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         now = time.perf_counter()
         if tc.preview_seconds > 0 and now - last_preview >= tc.preview_seconds:
             last_preview = now
+            preview_index = read_preview_request(
+                run_dir, preview_index, preview_volume.image.shape[0]
+            )
             yield _preview(
                 model,
                 preview_volume,
@@ -288,6 +292,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
                 run_dir,
                 iteration,
                 autocast,
+                config.loss,
             )
             network.train()
     if not main:
@@ -312,11 +317,31 @@ def _preview_index(requested: int | None, volume: SliceVolume) -> int:
     return int(volume.labeled_indices[len(volume.labeled_indices) // 2])
 
 
-def _preview(model, volume, index, context, device, run_dir, iteration, autocast) -> Preview:
+def read_preview_request(run_dir: Path, current: int, count: int) -> int:
+    """The slice the viewer shows, written by the plugin to ``PREVIEW_SLICE`` in the run folder."""
+    try:
+        requested = int((run_dir / PREVIEW_SLICE_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return current
+    return min(max(requested, 0), count - 1)
+
+
+def _preview(model, volume, index, context, device, run_dir, iteration, autocast, loss_config):
+    """Predict one slice; save refined and coarse labels and hardness as one ``.npz``."""
     model.eval()
-    _, refined = predict_slices(model, volume.image, [index], context, device, autocast)
-    path = run_dir / "preview.npy"
-    _atomic_save_npy(path, refined[0].argmax(0).numpy().astype(np.uint8))
+    coarse, refined = predict_slices(model, volume.image, [index], context, device, autocast)
+    hardness = losses.pixel_hardness(
+        refined, coarse, loss_config.patch_size, loss_config.hard_pixels, loss_config.margin
+    )
+    path = run_dir / "preview.npz"
+    temporary = run_dir / ".preview.tmp.npz"
+    np.savez(
+        temporary,
+        refined=refined[0].argmax(0).numpy().astype(np.uint8),
+        coarse=coarse[0].argmax(0).numpy().astype(np.uint8),
+        hardness=hardness[0].numpy().astype(np.float32),
+    )
+    os.replace(temporary, path)
     return Preview(iteration=iteration, slice_index=index, path=str(path))
 
 
