@@ -29,6 +29,7 @@ class Started(Event):
     budget_seconds: float | None
     annotated_slices: list[int] = field(default_factory=list)
     run_dir: str | None = None
+    world_size: int = 1
 
 
 @dataclass

@@ -231,6 +231,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
             budget_seconds=tc.seconds,
             annotated_slices=[int(i) for i in annotated[0].annotation.annotated_indices],
             run_dir=str(run_dir),
+            world_size=distributed.world_size(),
         )
     network.train()
     iteration = start_iteration
