@@ -29,7 +29,7 @@ from training_backend.annotations import SparseAnnotation  # noqa: E402
 from training_backend.config import CriiConfig  # noqa: E402
 from training_backend.demo import phantom_as_nifti  # noqa: E402
 from training_backend.events import Error, Finished, Progress  # noqa: E402
-from training_backend.inference import load_model, predict_volume  # noqa: E402
+from training_backend.inference import load_model, predict_with_config  # noqa: E402
 from training_backend.metrics import mean_dice  # noqa: E402
 from training_backend.simulate import slices_for_fraction, sparse_labels  # noqa: E402
 from training_backend.trainer import TrainingJob, TrainingVolume, train  # noqa: E402
@@ -72,9 +72,8 @@ def inference_seconds(model_path, image, device, mixed, repeats=5):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        prediction = predict_volume(model, image, AXIS, data.config.train.context,
-                                    torch.device(device), mixed_precision=mixed,
-                                    loss_config=data.config.loss)  # fmt: skip
+        data.config.train.mixed_precision = mixed
+        prediction = predict_with_config(model, data.config, image, AXIS, torch.device(device))
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -162,3 +162,16 @@ def test_previews_follow_the_requested_slice(tiny_phantom, tmp_path):
             assert data["refined"].shape == data["coarse"].shape == phantom.image.shape[1:]
             assert data["hardness"].dtype == np.float32
     assert previews[0].slice_index != 7 and previews[-1].slice_index == 7
+
+
+def test_crii_keeps_the_ranked_losses_when_every_slice_is_annotated(tiny_phantom, tmp_path):
+    from training_backend.annotations import SparseAnnotation
+
+    job = tiny_job(tiny_phantom, tmp_path, iterations=3, log_every=1)
+    phantom = tiny_phantom[0]
+    job.volumes[0].annotation = SparseAnnotation.from_labels(
+        phantom.truth, phantom.image.shape, 0, background_slices=range(20), num_classes=3
+    )
+    progress = [e for e in run(job) if isinstance(e, Progress)]
+    assert {"intra_prl", "inter_prl"} <= set(progress[-1].losses)
+    assert "consistency" not in progress[-1].losses

@@ -20,7 +20,7 @@ from training_backend.config import DEVICES, METHODS, CriiConfig
 from training_backend.devices import resolve_device
 from training_backend.errors import AnnotationError, ConfigError, CriiError
 from training_backend.events import Error, Event, encode
-from training_backend.inference import load_model, predict_volume, suggest_slices
+from training_backend.inference import load_model, predict_with_config, suggest_slices
 from training_backend.io import default_slice_axis, read_volume, write_volume
 from training_backend.trainer import STOP_FILE, StopSignal, TrainingJob, TrainingVolume, train
 
@@ -360,15 +360,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model, data = load_model(args.model, device)
     volume = read_volume(args.image)
     axis = _prediction_axis(args.axis, data.axis, volume)
-    prediction = predict_volume(
-        model,
-        volume.array,
-        axis,
-        data.config.train.context,
-        device,
-        mixed_precision=data.config.train.mixed_precision,
-        loss_config=data.config.loss,
-    )
+    prediction = predict_with_config(model, data.config, volume.array, axis, device)
     written = [write_volume(args.out, prediction.refined, volume.geometry)]
     if args.coarse:
         written.append(write_volume(args.coarse, prediction.coarse, volume.geometry))
@@ -407,15 +399,7 @@ def run_suggest(args: argparse.Namespace) -> int:
         num_classes=data.num_classes,
         source=str(args.labels),
     )
-    prediction = predict_volume(
-        model,
-        image.array,
-        axis,
-        data.config.train.context,
-        device,
-        mixed_precision=data.config.train.mixed_precision,
-        loss_config=data.config.loss,
-    )
+    prediction = predict_with_config(model, data.config, image.array, axis, device)
     picks = suggest_slices(prediction.slice_scores(axis), annotation.annotated, args.count)
     result = {
         "axis": axis,

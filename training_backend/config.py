@@ -12,6 +12,7 @@ from training_backend.errors import ConfigError
 METHODS = ("crii", "supervised", "mean-teacher")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TEACHERS = ("self", "ema")
+ORIENTATIONS = ("slice", "all")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     crop_size: int = 128
     context: int = 1
+    orientations: str = "slice"
     axis: int | None = None
     device: str = "auto"
     mixed_precision: bool = True
@@ -136,6 +138,7 @@ class CriiConfig:
                 f"model.in_channels ({m.in_channels}) must equal 2*train.context+1 "
                 f"({2 * t.context + 1})"
             )
+        _choice("train.orientations", t.orientations, ORIENTATIONS)
         if t.axis is not None:
             _int_in("train.axis", t.axis, 0, 2)
         _float_in("train.preview_seconds", t.preview_seconds, 0.0, 3600.0)

@@ -13,10 +13,10 @@ from torch.nn import functional as F
 
 from training_backend import losses
 from training_backend.checkpoint import CheckpointData, load_checkpoint
-from training_backend.config import LossConfig
+from training_backend.config import CriiConfig, LossConfig
 from training_backend.devices import autocast_for
 from training_backend.model import CRIINet, build_model
-from training_backend.volumes import context_stack, normalize_intensity, round_up, slice_major
+from training_backend.volumes import context_stack, normalize_intensity, round_up
 
 
 @dataclass
@@ -52,12 +52,13 @@ def predict_slices(
     context: int,
     device: torch.device,
     autocast: Callable[[], object],
+    axis: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coarse and refined probabilities (N, K, H, W) on the CPU for slices of a normalised
-    slice-major volume; slices are padded to the network's multiple and cropped back."""
+    """Coarse and refined probabilities (N, K, A, B) on the CPU for planes along ``axis`` of a
+    normalised volume; planes are padded to the network's multiple and cropped back."""
     multiple = 2 ** (model.config.levels - 1)
-    _, height, width = image.shape
-    stack = torch.from_numpy(np.ascontiguousarray(context_stack(image, indices, context)))
+    height, width = (n for a, n in enumerate(image.shape) if a != axis)
+    stack = torch.from_numpy(np.ascontiguousarray(context_stack(image, indices, context, axis)))
     pad = (0, round_up(width, multiple) - width, 0, round_up(height, multiple) - height)
     stack = F.pad(stack, pad).to(device, memory_format=torch.channels_last)
     with autocast():
@@ -65,6 +66,47 @@ def predict_slices(
     coarse = torch.softmax(out.coarse.float(), dim=1)[..., :height, :width]
     refined = torch.softmax(out.refined.float(), dim=1)[..., :height, :width]
     return coarse.cpu(), refined.cpu()
+
+
+def _predict_planes(
+    model: CRIINet,
+    volume: np.ndarray,
+    axis: int,
+    context: int,
+    device: torch.device,
+    autocast: Callable[[], object],
+    batch_size: int,
+    loss_config: LossConfig | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Coarse and refined probabilities (K, *volume.shape) from planes along ``axis``, and the
+    hardness map of those planes when ``loss_config`` is given."""
+    num_classes = model.config.num_classes
+    count = volume.shape[axis]
+    plane_shape = tuple(n for a, n in enumerate(volume.shape) if a != axis)
+    coarse_all = np.empty((count, num_classes, *plane_shape), np.float32)
+    refined_all = np.empty((count, num_classes, *plane_shape), np.float32)
+    hardness = None if loss_config is None else np.empty((count, *plane_shape), np.float32)
+    for start in range(0, count, batch_size):
+        indices = list(range(start, min(start + batch_size, count)))
+        coarse, refined = predict_slices(model, volume, indices, context, device, autocast, axis)
+        stop = start + len(indices)
+        coarse_all[start:stop] = coarse.numpy()
+        refined_all[start:stop] = refined.numpy()
+        if hardness is not None:
+            hardness[start:stop] = losses.pixel_hardness(
+                refined,
+                coarse,
+                patch_size=loss_config.patch_size,
+                hard_pixels=loss_config.hard_pixels,
+                margin=loss_config.margin,
+            ).numpy()
+    # (S, K, A, B) -> (K, *volume.shape) with S back at ``axis``
+    to_volume = lambda a: np.moveaxis(np.moveaxis(a, 1, 0), 1, axis + 1)  # noqa: E731
+    return (
+        to_volume(coarse_all),
+        to_volume(refined_all),
+        None if hardness is None else np.moveaxis(hardness, 0, axis),
+    )
 
 
 def predict_volume(
@@ -77,38 +119,53 @@ def predict_volume(
     mixed_precision: bool = True,
     loss_config: LossConfig | None = None,
     normalized: bool = False,
+    all_orientations: bool = False,
 ) -> VolumePrediction:
-    """Predict every slice along ``axis`` in batches; returns labels, probabilities, hardness."""
+    """Predict every slice along ``axis`` in batches; returns labels, probabilities, hardness.
+
+    With ``all_orientations`` the probabilities are the mean of the predictions along the
+    three axes (for a model trained on all orientations); hardness comes from ``axis``.
+    """
     loss_config = loss_config or LossConfig()
     was_training = model.training
     model.eval()
     autocast = autocast_for(device, mixed_precision)
     volume = image if normalized else normalize_intensity(image)
-    stack = slice_major(volume, axis)
-    count = stack.shape[0]
-    num_classes = model.config.num_classes
-    probabilities = np.empty((num_classes, *stack.shape), np.float32)
-    coarse_labels = np.empty(stack.shape, np.uint8)
-    hardness = np.empty(stack.shape, np.float32)
-    for start in range(0, count, batch_size):
-        indices = list(range(start, min(start + batch_size, count)))
-        coarse, refined = predict_slices(model, stack, indices, context, device, autocast)
-        probabilities[:, start : start + len(indices)] = refined.permute(1, 0, 2, 3).numpy()
-        coarse_labels[start : start + len(indices)] = coarse.argmax(1).numpy().astype(np.uint8)
-        hardness[start : start + len(indices)] = losses.pixel_hardness(
-            refined,
-            coarse,
-            patch_size=loss_config.patch_size,
-            hard_pixels=loss_config.hard_pixels,
-            margin=loss_config.margin,
-        ).numpy()
+    coarse, refined, hardness = _predict_planes(
+        model, volume, axis, context, device, autocast, batch_size, loss_config
+    )
+    if all_orientations:
+        for other in (a for a in range(3) if a != axis):
+            more_coarse, more_refined, _ = _predict_planes(
+                model, volume, other, context, device, autocast, batch_size, None
+            )
+            coarse += more_coarse
+            refined += more_refined
+        coarse /= 3.0
+        refined /= 3.0
     model.train(was_training)
-    refined_labels = probabilities.argmax(0).astype(np.uint8)
     return VolumePrediction(
-        refined=np.moveaxis(refined_labels, 0, axis),
-        coarse=np.moveaxis(coarse_labels, 0, axis),
-        probabilities=np.moveaxis(probabilities, 1, axis + 1),
-        hardness=np.moveaxis(hardness, 0, axis),
+        refined=refined.argmax(0).astype(np.uint8),
+        coarse=coarse.argmax(0).astype(np.uint8),
+        probabilities=refined,
+        hardness=hardness,
+    )
+
+
+def predict_with_config(
+    model: CRIINet, config: CriiConfig, image: np.ndarray, axis: int, device: torch.device
+) -> VolumePrediction:
+    """:func:`predict_volume` with the context, precision, losses and orientations a model was
+    trained with."""
+    return predict_volume(
+        model,
+        image,
+        axis,
+        config.train.context,
+        device,
+        mixed_precision=config.train.mixed_precision,
+        loss_config=config.loss,
+        all_orientations=config.train.orientations == "all",
     )
 
 

@@ -94,26 +94,34 @@ class _TeacherMethod(TrainingMethod):
                     value.copy_(student[key])
 
     def losses(self, model, batch, progress, autocast):
-        if batch.num_labeled == batch.image.shape[0]:  # every slice annotated: nothing to match
-            with autocast():
-                out = model(batch.image)
-            sup = self._supervised(out.coarse, out.refined, batch)
-            return {"total": sup, "supervised": sup}
-        return self.consistency_losses(model, batch, progress, autocast)
-
-    def consistency_losses(self, model, batch, progress, autocast) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def _teacher_probabilities(self, model, weak, autocast) -> torch.Tensor:
-        network = self.teacher if self.teacher is not None else model
-        with torch.no_grad(), autocast():
-            return torch.softmax(network(weak).refined.float(), dim=1)
-
-    def _forward_with_strong_view(self, model, batch, autocast):
         n = batch.num_labeled
+        has_unlabeled = n < batch.image.shape[0]
+        target = self._target(model, batch, progress, autocast) if has_unlabeled else None
         strong = intensity_jitter(batch.image[n:], self.generator)
         with autocast():
-            return model(torch.cat([batch.image[:n], strong]))
+            out = model(torch.cat([batch.image[:n], strong]))
+        named, total = self._labeled_losses(out.coarse[:n], out.refined[:n], batch)
+        if target is not None:
+            valid = batch.valid[n:].float()
+            named["consistency"] = self._consistency(out.coarse[n:], out.refined[n:], target, valid)
+            total = total + self._ramp(progress) * named["consistency"]
+        return {"total": total, **named}
+
+    def _target(self, model, batch, progress, autocast) -> torch.Tensor:
+        """Probabilities the unlabeled items are pulled towards: the refined output of the
+        teacher (EMA, or the model itself) on the weak view."""
+        network = self.teacher if self.teacher is not None else model
+        with torch.no_grad(), autocast():
+            return torch.softmax(network(batch.image[batch.num_labeled :]).refined.float(), dim=1)
+
+    def _labeled_losses(
+        self, coarse, refined, batch
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        sup = self._supervised(coarse, refined, batch)
+        return {"supervised": sup}, sup
+
+    def _consistency(self, coarse, refined, target, valid) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class MeanTeacherMethod(_TeacherMethod):
@@ -122,18 +130,10 @@ class MeanTeacherMethod(_TeacherMethod):
     def __init__(self, config, model, generator) -> None:
         super().__init__(config, model, generator, use_ema=True)
 
-    def consistency_losses(self, model, batch, progress, autocast):
-        n = batch.num_labeled
-        target = self._teacher_probabilities(model, batch.image[n:], autocast)
-        out = self._forward_with_strong_view(model, batch, autocast)
-        sup = self._supervised(out.coarse, out.refined, batch)
-        student = torch.softmax(out.refined[n:].float(), dim=1)
-        valid = batch.valid[n:].float()
-        consistency = ((student - target) ** 2).mean(dim=1).mul(valid).sum() / valid.sum().clamp(
-            min=1.0
-        )
-        total = sup + self._ramp(progress) * consistency
-        return {"total": total, "supervised": sup, "consistency": consistency}
+    def _consistency(self, coarse, refined, target, valid):
+        student = torch.softmax(refined.float(), dim=1)
+        squared = ((student - target) ** 2).mean(dim=1)
+        return squared.mul(valid).sum() / valid.sum().clamp(min=1.0)
 
 
 class CriiMethod(_TeacherMethod):
@@ -142,39 +142,35 @@ class CriiMethod(_TeacherMethod):
     def __init__(self, config, model, generator) -> None:
         super().__init__(config, model, generator, use_ema=config.loss.teacher == "ema")
 
-    def consistency_losses(self, model, batch, progress, autocast):
-        lo = self.config.loss
-        n = batch.num_labeled
-        target = self._teacher_probabilities(model, batch.image[n:], autocast)
-        if lo.use_prior and batch.prior is not None:
+    def _target(self, model, batch, progress, autocast):
+        target = super()._target(model, batch, progress, autocast)
+        if self.config.loss.use_prior and batch.prior is not None:
+            n = batch.num_labeled
             alpha = (batch.prior_weight[n:] * (1.0 - 0.5 * progress)).unsqueeze(1)
             target = (1.0 - alpha) * target + alpha * batch.prior[n:]
-        out = self._forward_with_strong_view(model, batch, autocast)
-        sup = self._supervised(out.coarse, out.refined, batch)
-        probs = torch.softmax(out.refined[:n].float(), dim=1)
-        target_l, mask_l = batch.target[:n], batch.label_mask[:n]
-        intra = losses.intra_patch_ranked_loss(
-            probs, target_l, mask_l, lo.patch_size, lo.hard_pixels, lo.margin
+        return target
+
+    def _labeled_losses(self, coarse, refined, batch):
+        lo = self.config.loss
+        named, _ = super()._labeled_losses(coarse, refined, batch)
+        n = batch.num_labeled
+        probs = torch.softmax(refined.float(), dim=1)
+        target, mask = batch.target[:n], batch.label_mask[:n]
+        named["intra_prl"] = losses.intra_patch_ranked_loss(
+            probs, target, mask, lo.patch_size, lo.hard_pixels, lo.margin
         )
-        inter = losses.inter_patch_ranked_loss(
-            probs, target_l, mask_l, lo.patch_size, lo.hard_pixels, lo.margin
-        )
-        consistency = losses.consistency_loss(
-            out.coarse[n:], out.refined[n:], target, weight=batch.valid[n:].float()
+        named["inter_prl"] = losses.inter_patch_ranked_loss(
+            probs, target, mask, lo.patch_size, lo.hard_pixels, lo.margin
         )
         total = (
-            sup
-            + lo.lambda_intra * intra
-            + lo.lambda_inter * inter
-            + self._ramp(progress) * consistency
+            named["supervised"]
+            + lo.lambda_intra * named["intra_prl"]
+            + lo.lambda_inter * named["inter_prl"]
         )
-        return {
-            "total": total,
-            "supervised": sup,
-            "intra_prl": intra,
-            "inter_prl": inter,
-            "consistency": consistency,
-        }
+        return named, total
+
+    def _consistency(self, coarse, refined, target, valid):
+        return losses.consistency_loss(coarse, refined, target, weight=valid)
 
 
 METHOD_CLASSES: dict[str, type[TrainingMethod]] = {

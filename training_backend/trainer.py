@@ -35,7 +35,7 @@ from training_backend.events import (
     Started,
     Suggestions,
 )
-from training_backend.inference import predict_slices, predict_volume, suggest_slices
+from training_backend.inference import predict_slices, predict_with_config, suggest_slices
 from training_backend.methods import build_method
 from training_backend.model import build_model
 from training_backend.prior import leave_one_out_reliability, shape_prior
@@ -200,6 +200,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         tc.context,
         model.size_multiple,
         seed=tc.seed + 104729 * rank,
+        all_orientations=tc.orientations == "all",
     )
     run_dir = Path(job.run_dir)
     model_path = run_dir / MODEL_FILE
@@ -348,15 +349,7 @@ def _preview(model, volume, index, context, device, run_dir, iteration, autocast
 
 def _predict_outputs(job, model, config, axis, run_dir, device) -> Iterator[Event]:
     first = next(v for v in job.volumes if v.annotation is not None)
-    prediction = predict_volume(
-        model,
-        first.image,
-        axis,
-        config.train.context,
-        device,
-        mixed_precision=config.train.mixed_precision,
-        loss_config=config.loss,
-    )
+    prediction = predict_with_config(model, config, first.image, axis, device)
     paths = {}
     for name in ("refined", "coarse", "hardness", "probabilities"):
         paths[name] = str(_atomic_save_npy(run_dir / f"{name}.npy", getattr(prediction, name)))

@@ -42,17 +42,16 @@ def slice_major(array: np.ndarray, axis: int) -> np.ndarray:
 
 
 def context_stack(
-    image: np.ndarray, indices: Sequence[int] | np.ndarray, context: int
+    image: np.ndarray, indices: Sequence[int] | np.ndarray, context: int, axis: int = 0
 ) -> np.ndarray:
-    """2.5D input: for each slice index, the slice and ``context`` neighbours on each side.
-
-    ``image`` is slice-major (S, H, W); returns (N, 2*context+1, H, W). Neighbours beyond the
-    volume repeat the edge slice.
+    """2.5D input: for each index along ``axis``, the plane and ``context`` neighbours on each
+    side. ``image`` is 3D; returns (N, 2*context+1, A, B) with A, B the other two axes in order.
+    Neighbours beyond the volume repeat the edge plane.
     """
     indices = np.asarray(indices, dtype=np.int64)
     offsets = np.arange(-context, context + 1)
-    rows = np.clip(indices[:, None] + offsets[None, :], 0, image.shape[0] - 1)
-    return image[rows]
+    rows = np.clip(indices[:, None] + offsets[None, :], 0, image.shape[axis] - 1)
+    return np.moveaxis(image, axis, 0)[rows]
 
 
 @dataclass
@@ -112,7 +111,10 @@ def round_up(value: int, multiple: int) -> int:
 class BatchSampler:
     """Draws batches that mix labeled and unlabeled slices from several volumes.
 
-    Every slice is padded to a common size (a multiple of the network's downsampling) and
+    With ``all_orientations`` the labeled items are also cut across the slice axis: such a
+    plane crosses every annotated slice along a fully labeled line, and only those lines carry
+    a label (the loss is masked to them). They teach the network the through-plane shape.
+    Every plane is padded to a common size (a multiple of the network's downsampling) and
     randomly cropped when larger than ``crop_size``; padding is marked invalid.
     """
 
@@ -125,15 +127,25 @@ class BatchSampler:
         context: int,
         size_multiple: int,
         seed: int,
+        all_orientations: bool = False,
     ) -> None:
         self.volumes = list(volumes)
         self.context = context
         self.rng = np.random.default_rng(seed)
-        self.labeled = [(v, i) for v, vol in enumerate(self.volumes) for i in vol.labeled_indices]
+        labeled_axes = (0, 1, 2) if all_orientations else (0,)
+        self.labeled: dict[int, list[tuple[int, int]]] = {
+            axis: [
+                (v, i)
+                for v, vol in enumerate(self.volumes)
+                if vol.labels is not None and vol.annotated.any()
+                for i in (vol.labeled_indices if axis == 0 else range(vol.image.shape[axis]))
+            ]
+            for axis in labeled_axes
+        }
         self.unlabeled = [
             (v, i) for v, vol in enumerate(self.volumes) for i in vol.unlabeled_indices
         ]
-        if not self.labeled:
+        if not self.labeled[0]:
             raise VolumeError("no annotated slice in any training volume")
         self.num_labeled = (
             batch_size
@@ -141,18 +153,25 @@ class BatchSampler:
             else max(1, min(batch_size, round(batch_size * labeled_fraction)))
         )
         self.num_unlabeled = batch_size - self.num_labeled
-        height = max(vol.image.shape[1] for vol in self.volumes)
-        width = max(vol.image.shape[2] for vol in self.volumes)
-        self.height = min(round_up(height, size_multiple), crop_size)
-        self.width = min(round_up(width, size_multiple), crop_size)
+        axes = (1, 2) if not all_orientations else (0, 1, 2)
+        largest = max(vol.image.shape[a] for vol in self.volumes for a in axes)
+        if all_orientations:
+            self.height = self.width = min(round_up(largest, size_multiple), crop_size)
+        else:
+            height = max(vol.image.shape[1] for vol in self.volumes)
+            width = max(vol.image.shape[2] for vol in self.volumes)
+            self.height = min(round_up(height, size_multiple), crop_size)
+            self.width = min(round_up(width, size_multiple), crop_size)
         self.has_prior = any(vol.prior is not None for vol in self.volumes)
 
     def sample(self) -> Batch:
-        picks = self._draw(self.labeled, self.num_labeled) + self._draw(
-            self.unlabeled, self.num_unlabeled
-        )
+        axes = list(self.labeled)
+        labeled_axes = [axes[k] for k in self.rng.integers(0, len(axes), size=self.num_labeled)]
+        picks = [(axis, *self._draw(self.labeled[axis])) for axis in labeled_axes]
+        picks += [(0, *self._draw(self.unlabeled)) for _ in range(self.num_unlabeled)]
         items = [
-            self._item(self.volumes[v], i, n < self.num_labeled) for n, (v, i) in enumerate(picks)
+            self._item(self.volumes[v], axis, i, n < self.num_labeled)
+            for n, (axis, v, i) in enumerate(picks)
         ]
         image, target, label_mask, valid, prior, prior_weight = (
             np.stack([item[k] for item in items]) if items[0][k] is not None else None
@@ -168,34 +187,40 @@ class BatchSampler:
             None if prior_weight is None else torch.from_numpy(prior_weight),
         )
 
-    def _draw(self, pool: list[tuple[int, int]], count: int) -> list[tuple[int, int]]:
-        if count == 0:
-            return []
-        return [pool[k] for k in self.rng.integers(0, len(pool), size=count)]
+    def _draw(self, pool: list[tuple[int, int]]) -> tuple[int, int]:
+        return pool[int(self.rng.integers(0, len(pool)))]
 
-    def _item(self, vol: SliceVolume, index: int, labeled: bool) -> list[np.ndarray | None]:
-        _, height, width = vol.image.shape
-        top = int(self.rng.integers(0, max(height - self.height, 0) + 1))
-        left = int(self.rng.integers(0, max(width - self.width, 0) + 1))
-        rows = slice(top, top + self.height)
-        cols = slice(left, left + self.width)
-        image = context_stack(vol.image, [index], self.context)[0][:, rows, cols]
+    def _item(
+        self, vol: SliceVolume, axis: int, index: int, labeled: bool
+    ) -> list[np.ndarray | None]:
+        plane_shape = [n for a, n in enumerate(vol.image.shape) if a != axis]
+        top = int(self.rng.integers(0, max(plane_shape[0] - self.height, 0) + 1))
+        left = int(self.rng.integers(0, max(plane_shape[1] - self.width, 0) + 1))
+        crop = (slice(top, top + self.height), slice(left, left + self.width))
+
+        def plane(array: np.ndarray, lead: int = 0) -> np.ndarray:
+            return np.take(array, index, axis=axis + lead)[(slice(None),) * lead + crop]
+
+        image = context_stack(vol.image, [index], self.context, axis)[0][(slice(None), *crop)]
         shape = image.shape[1:]
-        target = (
-            vol.labels[index, rows, cols]
-            if labeled and vol.labels is not None
-            else np.zeros(shape, np.int64)
-        )
-        ones = np.ones(shape, bool)
+        if labeled and vol.labels is not None:
+            target = plane(vol.labels)
+            if axis == 0:
+                label_mask = np.ones(shape, bool)
+            else:  # the rows that cross annotated slices
+                label_mask = np.broadcast_to(vol.annotated[crop[0], None], shape).copy()
+        else:
+            target = np.zeros(shape, np.int64)
+            label_mask = np.zeros(shape, bool)
         prior = prior_weight = None
         if self.has_prior:
             if vol.prior is not None:
-                prior = vol.prior[:, index, rows, cols]
-                prior_weight = vol.prior_weight[index, rows, cols]
+                prior = plane(vol.prior, lead=1)
+                prior_weight = plane(vol.prior_weight)
             else:
                 prior_weight = np.zeros(shape, np.float32)
                 prior = np.zeros((self._num_prior_classes(), *shape), np.float32)
-        pieces = [image, target, ones if labeled else ~ones, ones, prior, prior_weight]
+        pieces = [image, target, label_mask, np.ones(shape, bool), prior, prior_weight]
         return [None if p is None else self._pad(p) for p in pieces]
 
     def _num_prior_classes(self) -> int:
