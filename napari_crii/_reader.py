@@ -69,7 +69,7 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
         try:
             layers.append(layer_data_for(read_volume(p)))
         except VolumeError as exc:
-            _show_error(f"napari-crii could not open '{p}': {exc}")
+            _show_error(f"napari-crii could not open {Path(os.fspath(p)).name}: {exc}")
     return layers or [(None,)]
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from conftest import save_nifti
+
 from training_backend.checkpoint import load_checkpoint
 from training_backend.events import Finished, Started, decode
 

@@ -101,7 +101,8 @@ def test_layer_kwargs_are_json_and_shared_by_derived_layers() -> None:
     assert labels["metadata"] is not image["metadata"]
     crii = json.loads(json.dumps(image["metadata"]))["crii"]
     assert set(crii) == {"geometry", "display_axes", "source_path", "nifti_header_path"}
-    assert crii["source_path"] == crii["nifti_header_path"] == str(Path("/data/scan.nii.gz"))
+    source = str(Path("/data/scan.nii.gz").resolve())
+    assert crii["source_path"] == crii["nifti_header_path"] == source
     back = _geometry.geometry_from_metadata(image["metadata"])  # the file does not exist
     np.testing.assert_allclose(back.affine, geometry.affine)
     assert back.nifti_header is None
