@@ -65,6 +65,17 @@ def tiny_job(tiny_phantom, run_dir: Path, **train: object) -> TrainingJob:
     )
 
 
+def oblique_affine() -> np.ndarray:
+    """Rotated about two axes, anisotropic voxels, origin far from zero; axial is axis 2."""
+    a, b = np.deg2rad(20.0), np.deg2rad(-12.0)
+    rot_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rot_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot_z @ rot_x @ np.diag([0.7, 1.3, 2.9])
+    affine[:3, 3] = [-90.5, 12.25, 40.0]
+    return affine
+
+
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
     return path

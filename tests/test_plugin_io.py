@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
+from conftest import HIPPOCAMPUS, oblique_affine
 
 from napari_crii import _geometry
 from napari_crii._reader import get_reader, is_label_volume, layer_name
@@ -18,19 +19,6 @@ from napari_crii._sample_data import make_sample_data
 from napari_crii._writer import write_labels
 from training_backend.errors import VolumeError
 from training_backend.io import Geometry, default_slice_axis, read_volume
-
-HIPPOCAMPUS = Path(__file__).resolve().parents[1].parent / "shared/data/hippocampus"
-
-
-def oblique_affine() -> np.ndarray:
-    """Rotated about two axes, anisotropic voxels, origin far from zero; axial is axis 2."""
-    a, b = np.deg2rad(20.0), np.deg2rad(-12.0)
-    rot_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-    rot_x = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
-    affine = np.eye(4)
-    affine[:3, :3] = rot_z @ rot_x @ np.diag([0.7, 1.3, 2.9])
-    affine[:3, 3] = [-90.5, 12.25, 40.0]
-    return affine
 
 
 def coronal_affine() -> np.ndarray:
