@@ -321,9 +321,10 @@ def test_hardness_hand_value() -> None:
     q = two_class([[0.9, 0.6], [0.4, 0.3]])
     # predicted fg {0.9, 0.6}, bg {0.4, 0.1}, K_h = 2, m = 0.3:
     # 0.9: (0.4-0.9+.3)^+ + (0.1-0.9+.3)^+ = 0;  0.6: (0.4-0.6+.3)^+ = 0.1, (0.1-0.6+.3)^+ = 0
-    # 0.4: (0.4-0.9+.3)^+ = 0, (0.4-0.6+.3)^+ = 0.1;  0.1: 0 + 0 -> [[0, .1], [.1, 0]]
-    # / max 0.1 -> [[0, 1], [1, 0]]; + mean_k |p - q| = [[0, 0], [0, 0.2]] -> [[0, 1], [1, 0.2]]
-    expected = torch.tensor([[[0.0, 1.0], [1.0, 0.2]]])
+    # 0.4: (0.4-0.9+.3)^+ = 0, (0.4-0.6+.3)^+ = 0.1;  0.1: 0 + 0 -> sums [[0, .1], [.1, 0]]
+    # mean over K_h = 2 and / (1 + m): 0.1 / 2 / 1.3 = 0.0384615 -> [[0, .03846], [.03846, 0]]
+    # + mean_k |p - q| = [[0, 0], [0, 0.2]] -> [[0, .03846], [.03846, 0.2]]
+    expected = torch.tensor([[[0.0, 0.1 / 2 / 1.3], [0.1 / 2 / 1.3, 0.2]]])
     assert torch.allclose(pixel_hardness(p, q, patch_size=2), expected, atol=1e-5)
 
 
@@ -343,7 +344,10 @@ def test_hardness_range_and_boundary(device: str) -> None:
     fg[0, 0, 0], fg[0, 1, 1] = 0.45, 0.55
     unsure = torch.stack([1 - fg, fg], 1).to(device)
     h = pixel_hardness(unsure, unsure, patch_size=4)
-    assert h[0, 1, 1] == 1.0 and h[0, 0, 0] == 1.0 and h[0, 4:, :].max() == 0.0
+    # one bg pixel (0.45) against the hardest fg (0.55), K_h = 1: (0.45-0.55+0.3) / 1.3
+    expected = torch.tensor(0.2 / 1.3, device=device)
+    assert torch.isclose(h[0, 1, 1], expected) and torch.isclose(h[0, 0, 0], expected)
+    assert h[0, 4:, :].max() == 0.0 and h[0, 2:4, 2:4].max() == 0.0
 
 
 # ---------------------------------------------------------------- ramp

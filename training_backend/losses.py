@@ -231,9 +231,10 @@ def pixel_hardness(
     """Hard-boundary map ``(B, H, W)`` in [0, 1] from predictions only (no labels, no grad).
 
     Pseudo-label = argmax of ``refined_probs``. Per foreground class and patch where predicted fg
-    and bg meet, a pixel's hardness is the sum of its hinges against the K_h hardest pixels of the
-    opposite predicted side (K_h as in Intra-PRL). Summed over classes, divided by each image's
-    maximum (when > 0), plus the mean over classes of ``|refined - coarse|``, clipped to [0, 1].
+    and bg meet, a pixel's hardness is the mean of its hinges against the K_h hardest pixels of
+    the opposite predicted side (K_h as in Intra-PRL), divided by its largest possible value
+    ``1 + margin``. Summed over classes, plus the mean over classes of ``|refined - coarse|``,
+    clipped to [0, 1]. The scale is absolute, so maps and slice scores compare across slices.
     """
     _check(refined_probs)
     if refined_probs.shape != coarse_probs.shape:
@@ -246,14 +247,13 @@ def pixel_hardness(
     inside = _patchify(torch.ones_like(p[:, :1], dtype=torch.bool), patch_size, False)
     bg = ~fg & inside
     scores = _patchify(p[:, 1:], patch_size, 0.0)  # (B, K-1, P, s*s)
-    fg_vals, bg_vals, valid, _ = _hardest(scores, fg, bg, hard_pixels)
+    fg_vals, bg_vals, valid, k_h = _hardest(scores, fg, bg, hard_pixels)
     x = scores.unsqueeze(-1)  # (..., pixel, rank)
     as_bg = (F.relu(x - fg_vals.unsqueeze(-2) + margin) * valid.unsqueeze(-2)).sum(-1)
     as_fg = (F.relu(bg_vals.unsqueeze(-2) - x + margin) * valid.unsqueeze(-2)).sum(-1)
     hinge = torch.where(fg, as_fg, torch.where(bg, as_bg, 0.0))
+    hinge = hinge / (k_h.clamp(min=1).unsqueeze(-1) * (1.0 + margin))
     hard = _unpatchify(hinge, patch_size, h, w).sum(1)  # (B, H, W)
-    peak = hard.amax((1, 2), keepdim=True)
-    hard = hard / torch.where(peak > 0, peak, torch.ones_like(peak))
     return (hard + (p - q).abs().mean(1)).clamp(0.0, 1.0)
 
 
