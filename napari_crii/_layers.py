@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
+from qtpy.QtCore import QTimer
 
 from napari_crii import _geometry
 from training_backend.errors import VolumeError
@@ -23,6 +24,10 @@ COARSE = "crii coarse"
 REFINED = "crii refined"
 HARDNESS = "crii hardness"
 PREDICTION_NAMES = (COARSE, REFINED, HARDNESS)
+STAGGER_MS = 50
+HARDNESS_CONTRAST = (0.2, 1.0)
+"""Hardness lies in [0, 1]; below 0.2 (the coarse and refined heads' ordinary disagreement,
+most of the slice) shows black, i.e. adds nothing over the image: the hard boundary stands out."""
 
 
 def derived_layer_kwargs(image: Layer, name: str) -> dict[str, Any]:
@@ -44,17 +49,48 @@ def derived_layer_kwargs(image: Layer, name: str) -> dict[str, Any]:
 
 
 def align_with(layer: Layer, image: Layer) -> None:
-    """Give an existing ``layer`` the scale, translate and metadata of ``image``."""
+    """Give an existing ``layer`` the scale, translate and metadata of ``image`` (if it differs:
+    each change makes napari redraw)."""
     kwargs = derived_layer_kwargs(image, layer.name)
-    layer.scale = kwargs["scale"]
-    layer.translate = kwargs["translate"]
-    layer.metadata = copy.deepcopy(kwargs["metadata"])
+    for key in ("scale", "translate"):
+        if not np.allclose(getattr(layer, key), kwargs[key]):
+            setattr(layer, key, kwargs[key])
+    if layer.metadata != kwargs["metadata"]:
+        layer.metadata = copy.deepcopy(kwargs["metadata"])
 
 
 def empty_annotations(image: Layer, name: str | None = None) -> Labels:
     """A new, empty Labels layer that fits ``image`` (shape, scale, translate, metadata)."""
     kwargs = derived_layer_kwargs(image, name or f"{image.name} annotations")
     return Labels(np.zeros(image.data.shape, dtype=np.uint8), **kwargs)
+
+
+def current_slice(viewer: Any, image: Layer | None) -> int:
+    """The index along ``image``'s axis 0 of the slice the viewer shows."""
+    if image is None:
+        return int(viewer.dims.current_step[0])
+    index = round(float(image.world_to_data(viewer.dims.point)[0]))
+    return min(max(index, 0), image.data.shape[0] - 1)
+
+
+def go_to_slice(viewer: Any, image: Layer | None, index: int) -> None:
+    """Move the slider to slice ``index`` of ``image``'s axis 0."""
+    if image is None:
+        viewer.dims.set_current_step(0, index)
+        return
+    world = image.data_to_world([index, 0, 0])
+    viewer.dims.set_point(viewer.dims.ndim - 3, float(world[0]))
+
+
+def copy_slice_undoable(labels: Labels, values: np.ndarray, index: int) -> int:
+    """Write ``values`` into slice ``index`` of ``labels`` as one step of the layer's own undo
+    history (Ctrl-Z or ``labels.undo()`` restores it); return the number of voxels changed."""
+    changed = np.nonzero(np.asarray(labels.data[index]) != values)
+    if changed[0].size:
+        indices = (np.full(changed[0].size, index), *changed)
+        with labels.block_history():
+            labels.data_setitem(indices, values[changed].astype(labels.data.dtype))
+    return int(changed[0].size)
 
 
 @contextmanager
@@ -80,11 +116,11 @@ class PredictionLayers:
     def get(self, name: str) -> Layer | None:
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    def ensure(self, image: Layer) -> None:
-        """Make sure the three layers exist, fit ``image`` and sit above it."""
+    def ensure(self, image: Layer, names: tuple[str, ...] = PREDICTION_NAMES) -> None:
+        """Make sure the layers called ``names`` exist, fit ``image`` and sit above it."""
         shape = tuple(image.data.shape)
         with keep_selection(self.viewer):
-            for name in PREDICTION_NAMES:
+            for name in names:
                 layer = self.get(name)
                 if layer is not None and tuple(layer.data.shape) == shape:
                     align_with(layer, image)
@@ -92,6 +128,15 @@ class PredictionLayers:
                 if layer is not None:
                     self.viewer.layers.remove(layer)
                 self.viewer.add_layer(self._new_layer(name, image, shape))
+
+    def ensure_soon(self, image: Layer, names: tuple[str, ...] = PREDICTION_NAMES) -> None:
+        """:meth:`ensure` one layer at a time, with the event loop running in between: adding
+        a layer costs napari a few hundred ms (visuals, overlays), three in a row would freeze
+        the window for a second."""
+        if not names or image not in self.viewer.layers:
+            return
+        self.ensure(image, names[:1])
+        QTimer.singleShot(STAGGER_MS, lambda: self.ensure_soon(image, names[1:]))
 
     def _new_layer(self, name: str, image: Layer, shape: tuple[int, ...]) -> Layer:
         kwargs = derived_layer_kwargs(image, name)
@@ -101,7 +146,7 @@ class PredictionLayers:
                 colormap="inferno",
                 blending="additive",
                 opacity=0.6,
-                contrast_limits=(0.0, 1.0),
+                contrast_limits=HARDNESS_CONTRAST,
                 **kwargs,
             )
         labels = Labels(np.zeros(shape, dtype=np.uint8), opacity=0.5, **kwargs)
@@ -109,7 +154,8 @@ class PredictionLayers:
         return labels
 
     def set_slice(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write one slice (along axis 0) of each array into its layer and redraw that layer."""
+        """Write one slice (along axis 0) of each array into its layer; redraw the layer if
+        that slice is on screen (napari reads the others when the slider gets there)."""
         for name, array in arrays.items():
             layer = self.get(name)
             if layer is None or not 0 <= index < layer.data.shape[0]:
@@ -117,24 +163,32 @@ class PredictionLayers:
             if tuple(layer.data.shape[1:]) != tuple(array.shape):
                 continue
             layer.data[index] = array
-            layer.refresh()
+            if current_slice(self.viewer, layer) == index:
+                _redraw_slice(layer)
 
     def set_volumes(self, arrays: dict[str, np.ndarray]) -> None:
-        """Replace each layer's data with the whole-volume array of the same shape."""
+        """Copy each whole-volume array into its layer (in place: napari's data setter would
+        re-examine the whole volume) and redraw."""
         for name, array in arrays.items():
             layer = self.get(name)
             if layer is None or tuple(layer.data.shape) != tuple(array.shape):
                 continue
-            if name == HARDNESS:
-                layer.data = array.astype(np.float32, copy=False)
-            else:
-                layer.data = array.astype(np.uint8, copy=False)
+            np.copyto(layer.data, array, casting="unsafe")
+            layer.refresh()
 
     def slice_of(self, name: str, index: int) -> np.ndarray | None:
         layer = self.get(name)
         if layer is None or not 0 <= index < layer.data.shape[0]:
             return None
         return np.asarray(layer.data[index])
+
+
+def _redraw_slice(layer: Layer) -> None:
+    """Redraw the displayed slice only: the extent, thumbnail and highlight have not changed."""
+    try:
+        layer.refresh(extent=False, thumbnail=False, highlight=False)
+    except TypeError:  # napari before the keyword arguments of refresh()
+        layer.refresh()
 
 
 PREVIEW_KEYS = {"refined": REFINED, "coarse": COARSE, "hardness": HARDNESS}

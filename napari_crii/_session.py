@@ -24,12 +24,13 @@ from training_backend.io import Geometry, write_volume
 HOME_VARIABLE = "NAPARI_CRII_HOME"
 IMAGE_FILE = "image.nii"
 ANNOTATIONS_FILE = "annotations.nii"
+ROUND_LABELS_FILE = "labels.nii"
 STATE_FILE = "session.json"
 ROUND_PREFIX = "round-"
 
 
 def crii_home() -> Path:
-    """The folder napari-crii keeps its sessions in (``$NAPARI_CRII_HOME`` or ``~/.napari-crii``)."""
+    """Where sessions are kept: ``$NAPARI_CRII_HOME``, else ``~/.napari-crii``."""
     configured = os.environ.get(HOME_VARIABLE)
     return Path(configured).expanduser() if configured else Path.home() / ".napari-crii"
 
@@ -55,6 +56,17 @@ def format_slices(indices: Sequence[int]) -> str:
             start = index
         previous = index
     return ",".join(parts)
+
+
+def describe_annotated(painted: Sequence[int], background: Iterable[int], count: int) -> str:
+    """``'9, 17, 25 (bg) (3 of 36)'``: the annotated slices, compact when there are many."""
+    background = set(background)
+    shown = sorted(set(painted) | background)
+    names = [f"{i} (bg)" if i in background and i not in painted else str(i) for i in shown]
+    if len(names) > 14:
+        names = [*names[:6], "…", *names[-6:]]
+    listing = ", ".join(names) if names else "none yet: paint a slice"
+    return f"{listing} ({len(shown)} of {count})"
 
 
 def _safe_name(name: str) -> str:
@@ -112,6 +124,16 @@ class Session:
         if path is None:
             self._save_state()
         return target
+
+    def save_round_annotations(self, labels: np.ndarray, folder: Path) -> Path:
+        """Write the annotations a round trains on into its folder, and copy them to the
+        session's own file (written once, copied atomically)."""
+        path = self.save_annotations(labels, Path(folder) / ROUND_LABELS_FILE)
+        temporary = self.folder / f".{ANNOTATIONS_FILE}.tmp"
+        shutil.copyfile(path, temporary)
+        os.replace(temporary, self.annotations_path)
+        self._save_state()
+        return path
 
     # ------------------------------------------------------------------- rounds
 

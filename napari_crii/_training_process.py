@@ -4,7 +4,8 @@ The child is the ``crii`` command itself (``python -m training_backend train ...
 Its stdout carries one JSON event per line, decoded here with :func:`training_backend.events.decode`
 and re-emitted as Qt signals on the main thread; a line that is not an event is logged and
 skipped. Its stderr is kept (the last lines explain a crash). Stop is polite first (a ``STOP``
-file in the run folder: the trainer saves the model and ends), then a kill after a grace period.
+file in the run folder: the trainer saves the model and ends), then a kill if no model is saved
+within a grace period. The child runs at a lower CPU priority so that napari stays responsive.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
-from training_backend.events import Error, Event, EventDecodeError, Finished, decode
+from napari_crii._session import format_slices
+from training_backend.config import CriiConfig
+from training_backend.events import Checkpoint, Error, EventDecodeError, Finished, Started, decode
 
 # The names the trainer reads (training_backend.trainer.STOP_FILE / PREVIEW_SLICE_FILE); copied,
 # not imported, because the trainer imports torch and the napari process never needs it.
@@ -29,6 +32,8 @@ PREVIEW_SLICE_FILE = "PREVIEW_SLICE"
 KILL_AFTER_STOP_MS = 10_000
 STDERR_LINES_KEPT = 40
 LOG_FILE = "process.log"
+CHILD_NICENESS = 10
+MODEL_SHAPE_KEYS = ("model.base_width", "model.levels", "model.refine_width", "train.context")
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +58,6 @@ class TrainingRequest:
 
     def arguments(self) -> list[str]:
         """The command line after ``python``: ``-m training_backend train ...``."""
-        from napari_crii._session import format_slices
-
         args = ["-m", "training_backend", "train", "--image", str(self.image)]
         args += ["--labels", str(self.labels), "--out", str(self.out), "--events", "-"]
         args += ["--axis", "0", "--method", self.method, "--device", self.device]
@@ -74,6 +77,26 @@ class TrainingRequest:
         for key, value in self.settings.items():
             args += ["--set", f"{key}={_setting_text(value)}"]
         return args
+
+
+def predict_arguments(model: Path, image: Path, folder: Path, device: str) -> list[str]:
+    """``-m training_backend predict ...`` writing refined, coarse and hardness to ``folder``."""
+    args = ["-m", "training_backend", "predict", "--model", str(model), "--image", str(image)]
+    args += ["--axis", "0", "--device", device, "--out", str(folder / "refined.nii")]
+    return args + [f"--{name}={folder / f'{name}.nii'}" for name in ("coarse", "hardness")]
+
+
+def flat_settings(config: CriiConfig) -> dict[str, object]:
+    """``{"section.key": value}`` of a configuration (the ``--set`` form)."""
+    return {
+        f"{part}.{k}": v for part, values in config.to_dict().items() for k, v in values.items()
+    }
+
+
+def model_shape(settings: Mapping[str, object]) -> dict[str, object]:
+    """The settings that decide the network's shape (a warm start must repeat them)."""
+    defaults = flat_settings(CriiConfig())
+    return {key: settings.get(key, defaults[key]) for key in MODEL_SHAPE_KEYS}
 
 
 def _setting_text(value: object) -> str:
@@ -161,23 +184,44 @@ class TrainingProcess(QObject):
         process.readyReadStandardError.connect(self._read_stderr)
         process.finished.connect(self._on_finished)
         process.errorOccurred.connect(self._on_error)
+        process.started.connect(self._lower_priority)
         self._process = process
         self._log(f"$ {sys.executable} {' '.join(arguments)}")
         process.start(sys.executable, list(arguments))
 
+    def _lower_priority(self) -> None:
+        """Training yields the CPU to napari: the window stays responsive on a busy CPU."""
+        pid = self.pid()
+        if pid is None or not hasattr(os, "setpriority"):
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, CHILD_NICENESS)
+        except OSError as exc:
+            self._log(f"cannot lower the priority of the training process: {exc}")
+
     def stop(self) -> None:
-        """Ask the trainer to stop after the current step; kill it if it has not after 10 s."""
-        if self._process is None or self._stop_requested:
+        """Ask the trainer to stop after the current step; kill it if it has not saved its
+        model within 10 s. A second call kills at once."""
+        if self._process is None:
+            return
+        if self._stop_requested:
+            self.kill()
             return
         self._stop_requested = True
-        if self._run_dir is not None:
-            try:
-                (self._run_dir / STOP_FILE).touch()
-            except OSError as exc:  # the folder vanished: nothing polite is left to do
-                self._log(f"cannot write the stop request: {exc}")
-                self.kill()
-                return
+        if not self._request_stop_file():
+            self.kill()
+            return
         self._kill_timer.start(KILL_AFTER_STOP_MS)
+
+    def _request_stop_file(self) -> bool:
+        if self._run_dir is None:
+            return False
+        try:
+            (self._run_dir / STOP_FILE).touch()
+        except OSError as exc:  # the folder vanished: nothing polite is left to do
+            self._log(f"cannot write the stop request: {exc}")
+            return False
+        return True
 
     def kill(self) -> None:
         """End the child at once (the last saved model stays on disk)."""
@@ -234,6 +278,10 @@ class TrainingProcess(QObject):
             self._finished = event
         elif isinstance(event, Error):
             self._error = event
+        elif isinstance(event, Started) and self._stop_requested:
+            self._request_stop_file()  # the command clears STOP when it starts: ask again
+        elif isinstance(event, Checkpoint) and self._stop_requested:
+            self._kill_timer.stop()  # the model is saved; let it write its predictions
         self.received.emit(event)
 
     def _read_stderr(self) -> None:

@@ -11,18 +11,18 @@ import pytest
 pytest.importorskip("qtpy")
 pytest.importorskip("pytestqt")
 
-from napari_crii._session import format_slices  # noqa: E402
-from napari_crii._training_process import (  # noqa: E402
+from napari_crii._session import format_slices
+from napari_crii._training_process import (
     PREVIEW_SLICE_FILE,
     STOP_FILE,
     ProcessOutcome,
     TrainingProcess,
     TrainingRequest,
 )
-from training_backend.events import Error, Finished, Prediction, Progress, Started  # noqa: E402
-from training_backend.io import Geometry, write_volume  # noqa: E402
-from training_backend.phantom import make_phantom  # noqa: E402
-from training_backend.simulate import sparse_labels, spread_slices  # noqa: E402
+from training_backend.events import Error, Finished, Prediction, Progress, Started
+from training_backend.io import Geometry, write_volume
+from training_backend.phantom import make_phantom
+from training_backend.simulate import sparse_labels, spread_slices
 
 TINY_SETTINGS = {
     "model.base_width": 8,
@@ -105,7 +105,7 @@ def test_a_line_that_is_no_event_is_logged_and_skipped(qtbot, tmp_path, caplog):
     process.received.connect(events.append)
     script = (
         "print('hello, not json', flush=True);"
-        "print('{\"event\": \"nonsense\"}', flush=True);"
+        'print(\'{"event": "nonsense"}\', flush=True);'
         'print(\'{"event":"error","message":"bad things","error_type":"X"}\', flush=True)'
     )
     with caplog.at_level(logging.WARNING), qtbot.waitSignal(process.ended, timeout=30_000) as b:
@@ -129,10 +129,29 @@ def test_a_failing_run_reports_the_error_message(qtbot, volumes, tmp_path):
 def test_stop_ends_the_run_with_a_saved_model(qtbot, volumes, tmp_path):
     image, labels = volumes
     process = TrainingProcess()
-    process.received.connect(lambda e: isinstance(e, Progress) and process.stop())
+    progress = []
+    process.received.connect(lambda e: isinstance(e, Progress) and progress.append(e))
+    process.received.connect(
+        lambda e: len(progress) == 1 and isinstance(e, Progress) and process.stop()
+    )
     request = TrainingRequest(
         image, labels, tmp_path / "run", seconds=120, predict=False, settings=TINY_SETTINGS
     )
     outcome = run_to_end(qtbot, process, request)
     assert outcome.ok and outcome.stop_requested and not outcome.killed
     assert outcome.finished.stopped_early and Path(outcome.finished.model_path).is_file()
+
+
+def test_a_second_stop_kills_at_once(qtbot, volumes, tmp_path):
+    image, labels = volumes
+    process = TrainingProcess()
+
+    def stop_twice(event) -> None:
+        if isinstance(event, Started):
+            process.stop()
+            process.stop()
+
+    process.received.connect(stop_twice)
+    request = TrainingRequest(image, labels, tmp_path / "run", seconds=120, settings=TINY_SETTINGS)
+    outcome = run_to_end(qtbot, process, request)
+    assert outcome.killed and outcome.crashed and outcome.finished is None

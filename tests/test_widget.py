@@ -1,0 +1,236 @@
+"""The dock widget in a real napari viewer (under Xvfb), with tiny real training rounds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_crii import _layers, _widget
+from napari_crii._sample_data import make_sample_data
+from napari_crii._session import annotated_slices
+from training_backend.events import Progress, Started
+
+TINY_SETTINGS = {
+    "model.base_width": 8,
+    "model.refine_width": 8,
+    "model.levels": 3,
+    "loss.patch_size": 8,
+    "train.batch_size": 2,
+    "train.crop_size": 32,
+    "train.log_every": 1,
+    "train.preview_seconds": 0.05,
+}
+ROUND_TIMEOUT_MS = 120_000
+
+
+class Notes:
+    """The notifications the widget showed, by kind."""
+
+    def __init__(self) -> None:
+        self.error: list[str] = []
+        self.warning: list[str] = []
+        self.info: list[str] = []
+
+
+@pytest.fixture
+def notes(monkeypatch) -> Notes:
+    found = Notes()
+    for kind in ("error", "warning", "info"):
+        monkeypatch.setattr(_widget, f"show_{kind}", getattr(found, kind).append)
+    return found
+
+
+@pytest.fixture
+def crii(make_napari_viewer, monkeypatch, tmp_path, notes):
+    """A viewer with the phantom sample (image + sparse annotations) and the widget."""
+    monkeypatch.setenv("NAPARI_CRII_HOME", str(tmp_path / "home"))
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in make_sample_data():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = _widget.CriiWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.extra_settings = dict(TINY_SETTINGS)
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    set_budget(widget, 5, "iterations")
+    yield viewer, widget
+    widget.process.shutdown()
+
+
+def set_budget(widget, value: int, unit: str) -> None:
+    widget.budget_unit.setCurrentText(unit)
+    widget.budget_spin.setValue(value)
+
+
+def wait_idle(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.process.running, timeout=ROUND_TIMEOUT_MS)
+
+
+def test_a_round_fills_aligned_prediction_layers_and_suggestions(crii, qtbot, notes, tmp_path):
+    viewer, widget = crii
+    image, labels = viewer.layers["phantom"], viewer.layers["phantom annotations"]
+    assert widget.image_layer is image and widget.labels_layer is labels
+    painted = annotated_slices(labels.data)
+    extra = painted[0] + 2
+    labels.data[extra] = labels.data[painted[0]]  # annotate one more slice by program
+    widget._on_annotations_changed()
+    viewer.dims.set_current_step(0, 5)
+    widget.toggle_background()  # slice 5 holds no structure
+    widget._update_summary()
+    assert "5 (bg)" in widget.annotated_label.text()
+    assert f"({len(painted) + 2} of {image.data.shape[0]})" in widget.annotated_label.text()
+
+    qtbot.mouseClick(widget.train_button, _widget.Qt.MouseButton.LeftButton)
+    assert widget.process.running and not widget.train_button.isEnabled()
+    wait_idle(qtbot, widget)
+
+    assert not notes.error, notes.error
+    for name in (_layers.COARSE, _layers.REFINED, _layers.HARDNESS):
+        layer = viewer.layers[name]
+        assert layer.data.shape == image.data.shape
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+        assert layer.metadata["crii"] == image.metadata["crii"]
+    assert viewer.layers[_layers.REFINED].data.any()
+    assert viewer.layers[_layers.HARDNESS].colormap.name == "inferno"
+    round_dir = widget.session.rounds()[-1]
+    assert "--background-slices=5" in (round_dir / "process.log").read_text()
+    assert widget.session.last_model == round_dir / "model.pt"
+    assert viewer.layers.selection.active is not viewer.layers[_layers.HARDNESS]
+
+    assert widget.suggestion_list.count() > 0
+    item = widget.suggestion_list.item(widget.suggestion_list.count() - 1)
+    target = item.data(_widget.Qt.ItemDataRole.UserRole)
+    widget.suggestion_list.itemClicked.emit(item)
+    assert viewer.dims.current_step[0] == target
+
+    exported = tmp_path / "refined.nii.gz"
+    assert widget.export(exported, _layers.REFINED) and exported.is_file()
+    from training_backend.io import read_volume
+
+    assert sorted(read_volume(exported).array.shape) == sorted(image.data.shape)
+    assert widget.save_model(tmp_path / "saved.pt") and (tmp_path / "saved.pt").is_file()
+    assert not widget.load_model(tmp_path / "refined.nii.gz")
+    assert "Cannot use this model" in notes.error[-1]
+
+
+def test_stop_ends_the_round_early_with_a_usable_model(crii, qtbot, notes):
+    from training_backend.checkpoint import load_checkpoint
+
+    viewer, widget = crii
+    set_budget(widget, 60, "seconds")
+    progress = []
+    widget.process.received.connect(lambda e: isinstance(e, Progress) and progress.append(e))
+    widget.process.received.connect(lambda e: progress[:1] == [e] and widget.stop())
+    started = time.monotonic()
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    assert time.monotonic() - started < 60
+    assert not notes.error, notes.error
+    model = widget.session.last_model
+    assert model is not None and load_checkpoint(model).iteration >= 1
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.progress_bar.text().startswith("stopped")
+    assert widget.stop_button.text() == "Stop"
+
+    assert widget.load_model(model) and "Loaded model.pt" in notes.info[-1]
+    refined = viewer.layers[_layers.REFINED]
+    refined.data[:] = 0
+    assert widget.predict()
+    wait_idle(qtbot, widget)
+    assert not notes.error, notes.error
+    assert refined.data.any() and widget.progress_bar.text() == "prediction done"
+
+
+def test_a_killed_process_is_reported_and_the_annotations_are_kept(crii, qtbot, notes):
+    viewer, widget = crii
+    labels = viewer.layers["phantom annotations"]
+    before = labels.data.copy()
+    set_budget(widget, 60, "seconds")
+    widget.process.received.connect(
+        lambda e: isinstance(e, Started) and os.kill(widget.process.pid(), signal.SIGKILL)
+    )
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    assert len(notes.error) == 1 and "stopped unexpectedly" in notes.error[0]
+    assert "Press Train to try again" in notes.error[0]
+    np.testing.assert_array_equal(labels.data, before)
+    saved = widget.session.annotations_path
+    assert saved.is_file() and not list(saved.parent.glob(".*.tmp*"))
+    assert widget.train_button.isEnabled()
+
+
+def test_accept_copies_only_the_current_slice_and_undo_restores_it(crii, notes):
+    viewer, widget = crii
+    image, labels = viewer.layers["phantom"], viewer.layers["phantom annotations"]
+    widget.predictions.ensure(image)
+    refined = viewer.layers[_layers.REFINED]
+    refined.data[:] = 1
+    before = labels.data.copy()
+    index = next(i for i in range(image.data.shape[0]) if not before[i].any())
+    viewer.dims.set_current_step(0, index)
+    assert widget.current_slice() == index
+
+    assert widget.accept_slice()
+    assert (labels.data[index] == 1).all()
+    others = np.ones(labels.data.shape[0], bool)
+    others[index] = False
+    np.testing.assert_array_equal(labels.data[others], before[others])
+
+    widget.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    assert not notes.error
+
+
+def test_training_without_an_annotated_slice_is_refused(crii, notes):
+    viewer, widget = crii
+    empty = widget.new_annotations()
+    assert empty.data.shape == viewer.layers["phantom"].data.shape
+    np.testing.assert_allclose(empty.scale, viewer.layers["phantom"].scale)
+    assert widget.labels_layer is empty
+    assert not widget.train()
+    assert not widget.process.running
+    assert len(notes.error) == 1 and "No annotated slice" in notes.error[0]
+
+
+def test_annotations_of_another_shape_are_refused(crii, notes):
+    viewer, widget = crii
+    viewer.add_labels(np.zeros((10, 20, 20), np.uint8), name="other")
+    widget.labels_combo.setCurrentText("other")
+    assert not widget.train()
+    assert not widget.process.running
+    assert len(notes.error) == 1 and "(10, 20, 20)" in notes.error[0]
+
+
+def test_autosave_writes_the_annotations_only_when_they_changed(crii):
+    from training_backend.io import read_volume
+
+    viewer, widget = crii
+    labels = viewer.layers["phantom annotations"]
+    assert not widget.autosave()
+    labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 2)
+    assert widget.autosave()
+    saved = read_volume(widget.session.annotations_path).array
+    np.testing.assert_array_equal(saved, labels.data)
+    assert Path(widget.session.folder).parent == Path(os.environ["NAPARI_CRII_HOME"]) / "sessions"
+    assert not widget.autosave()
+
+
+def test_a_device_that_vanished_is_refused(crii, notes, monkeypatch):
+    import training_backend.devices
+
+    _, widget = crii
+    widget.device_combo.addItem("CUDA: a card that was unplugged", "cuda")
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cuda"))
+    monkeypatch.setattr(training_backend.devices, "available_devices", lambda: [("cpu", "CPU")])
+    assert not widget.train()
+    assert not widget.process.running
+    assert len(notes.error) == 1 and "'cuda' is no longer available" in notes.error[0]
+    assert widget.device_combo.currentData() == "cpu"
