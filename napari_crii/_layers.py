@@ -195,13 +195,19 @@ PREVIEW_KEYS = {"refined": REFINED, "coarse": COARSE, "hardness": HARDNESS}
 VOLUME_KEYS = PREVIEW_KEYS
 
 
-def read_preview(path: str) -> dict[str, np.ndarray]:
-    """The arrays of a ``preview.npz`` keyed by layer name (empty if the file is gone)."""
+def read_preview(path: str, slice_index: int) -> tuple[int, dict[str, np.ndarray]]:
+    """The slice index and arrays of a ``preview.npz`` keyed by layer name (no arrays if the
+    file is gone). The index stored in the file wins over the event's: a newer preview may
+    have replaced the file since the event was sent."""
     try:
         with np.load(path) as data:
-            return {PREVIEW_KEYS[k]: np.asarray(data[k]) for k in PREVIEW_KEYS if k in data}
+            if "slice_index" in data:
+                slice_index = int(data["slice_index"])
+            return slice_index, {
+                PREVIEW_KEYS[k]: np.asarray(data[k]) for k in PREVIEW_KEYS if k in data
+            }
     except (OSError, ValueError, KeyError):
-        return {}
+        return slice_index, {}
 
 
 def read_volumes(paths: dict[str, str]) -> dict[str, np.ndarray]:

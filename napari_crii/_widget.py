@@ -678,7 +678,7 @@ class CriiWidget(QWidget):
         if event is None or self._job != "train":
             return
         self._last_preview_at = time.monotonic()
-        self.predictions.set_slice(event.slice_index, _layers.read_preview(event.path))
+        self.predictions.set_slice(*_layers.read_preview(event.path, event.slice_index))
 
     def _show_suggestions(self, slices: list[int], scores: list[float]) -> None:
         self.suggestion_list.clear()

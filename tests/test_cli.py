@@ -165,3 +165,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert nib.load(str(tmp_path / f"{name}.nii.gz")).shape == (96, 96, 64)
     assert set(results) == {"refined", "coarse", "interpolation"}
     assert 0.0 <= results["refined"][1] <= 1.0
+
+
+def test_a_warm_start_takes_the_network_shape_of_its_model(case, tmp_path):
+    assert main(train_args(case, tmp_path / "a")) == 0
+    # ask for another width: the model's own shape wins, or its weights would not load
+    extra = ["--init", str(tmp_path / "a" / "model.pt"), "--set", "model.base_width=16"]
+    assert main(train_args(case, tmp_path / "b", *extra)) == 0
+    from training_backend.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "b" / "model.pt").config.model.base_width == 8

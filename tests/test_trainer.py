@@ -161,6 +161,7 @@ def test_previews_follow_the_requested_slice(tiny_phantom, tmp_path):
             data = np.load(event.path)
             assert data["refined"].shape == data["coarse"].shape == phantom.image.shape[1:]
             assert data["hardness"].dtype == np.float32
+            assert int(data["slice_index"]) == event.slice_index
     assert previews[0].slice_index != 7 and previews[-1].slice_index == 7
 
 

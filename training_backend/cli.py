@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -248,11 +249,18 @@ def load_training_volumes(
     return volumes, axis
 
 
-def _class_count_of_model(args: argparse.Namespace) -> int | None:
+def adopt_model_shape(config: CriiConfig, args: argparse.Namespace) -> int | None:
+    """With --init or --resume, the network shape and 2.5D context come from that model (its
+    weights only fit that shape); return its class count, or None without a model."""
     from training_backend.checkpoint import load_checkpoint
 
     source = args.resume or args.init
-    return None if source is None else load_checkpoint(source).num_classes
+    if source is None:
+        return None
+    stored = load_checkpoint(source).config
+    config.model = dataclasses.replace(stored.model)
+    config.train.context = stored.train.context
+    return stored.model.num_classes
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -266,7 +274,7 @@ def run_train(args: argparse.Namespace) -> int:
         emit = _emitter(event_stream, quiet=events_to_stdout)
         try:
             config = build_config(args)
-            model_classes = _class_count_of_model(args)
+            model_classes = adopt_model_shape(config, args)
             volumes, axis = load_training_volumes(args, model_classes)
             config.model.num_classes = volumes[0].annotation.num_classes
             config.train.axis = axis

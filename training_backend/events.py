@@ -45,8 +45,9 @@ class Progress(Event):
 
 @dataclass
 class Preview(Event):
-    """A prediction of one slice: an ``.npz`` with ``refined``, ``coarse`` (uint8 labels) and
-    ``hardness`` (float32) arrays, slice index along the training axis."""
+    """A prediction of one slice: an ``.npz`` with ``refined``, ``coarse`` (uint8 labels),
+    ``hardness`` (float32) and ``slice_index`` (the file is overwritten by the next preview, so
+    trust the index stored in it over the event's)."""
 
     kind: ClassVar[str] = "preview"
     iteration: int

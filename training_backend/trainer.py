@@ -339,6 +339,7 @@ def _preview(model, volume, index, context, device, run_dir, iteration, autocast
     temporary = run_dir / ".preview.tmp.npz"
     np.savez(
         temporary,
+        slice_index=np.int64(index),
         refined=refined[0].argmax(0).numpy().astype(np.uint8),
         coarse=coarse[0].argmax(0).numpy().astype(np.uint8),
         hardness=hardness[0].numpy().astype(np.float32),
