@@ -25,9 +25,10 @@ REFINED = "crii refined"
 HARDNESS = "crii hardness"
 PREDICTION_NAMES = (COARSE, REFINED, HARDNESS)
 STAGGER_MS = 50
-HARDNESS_CONTRAST = (0.2, 1.0)
-"""Hardness lies in [0, 1]; below 0.2 (the coarse and refined heads' ordinary disagreement,
-most of the slice) shows black, i.e. adds nothing over the image: the hard boundary stands out."""
+HARDNESS_CONTRAST = (0.05, 0.5)
+"""Hardness lies in [0, 1] on an absolute scale; on the phantom 90% of voxels lie below 0.05
+(black, adds nothing over the image) and 0.5 is beyond the 99.9th percentile, so the hard
+boundary stands out."""
 
 
 def derived_layer_kwargs(image: Layer, name: str) -> dict[str, Any]:
