@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_crii import _geometry
 from training_backend.errors import VolumeError
-from training_backend.io import Volume, read_volume
+from training_backend.io import Volume, oblique_warning, read_volume
 
 LayerData = tuple[Any, ...]
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
@@ -67,9 +67,15 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for p in paths:
         try:
-            layers.append(layer_data_for(read_volume(p)))
+            volume = read_volume(p)
+            data = layer_data_for(volume)
         except VolumeError as exc:
             _show_error(f"napari-crii could not open {Path(os.fspath(p)).name}: {exc}")
+            continue
+        warning = oblique_warning(volume)
+        if warning is not None:
+            _show_warning(warning)
+        layers.append(data)
     return layers or [(None,)]
 
 
@@ -77,6 +83,12 @@ def _show_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
     show_error(message)
+
+
+def _show_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
 
 
 def layer_name(path: str | os.PathLike[str]) -> str:

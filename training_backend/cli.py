@@ -22,7 +22,13 @@ from training_backend.devices import resolve_device
 from training_backend.errors import AnnotationError, ConfigError, CriiError
 from training_backend.events import Error, Event, encode
 from training_backend.inference import load_model, predict_with_config, suggest_slices
-from training_backend.io import default_slice_axis, read_volume, write_volume
+from training_backend.io import (
+    Volume,
+    default_slice_axis,
+    oblique_warning,
+    read_volume,
+    write_volume,
+)
 from training_backend.trainer import STOP_FILE, StopSignal, TrainingJob, TrainingVolume, train
 
 EXIT_USER_ERROR = 2
@@ -201,6 +207,15 @@ def build_config(args: argparse.Namespace) -> CriiConfig:
     return CriiConfig.from_dict(data)
 
 
+def read_checked(path: Path) -> Volume:
+    """Read a volume; an oblique one is read as is, with a warning on stderr."""
+    volume = read_volume(path)
+    warning = oblique_warning(volume)
+    if warning is not None and distributed.is_main():
+        print(f"crii: warning: {warning}", file=sys.stderr)
+    return volume
+
+
 def _parse_value(raw: str) -> object:
     try:
         return json.loads(raw)
@@ -222,7 +237,7 @@ def load_training_volumes(
         raise AnnotationError("more --background-slices than --labels: give one per --labels")
     pairs = []
     for image_path, label_path in zip(args.image, args.labels, strict=True):
-        pairs.append((read_volume(image_path), read_volume(label_path)))
+        pairs.append((read_checked(image_path), read_volume(label_path)))
     first_image = pairs[0][0]
     axis = args.axis if args.axis is not None else default_slice_axis(first_image.geometry)
     if num_classes is None:
@@ -244,7 +259,7 @@ def load_training_volumes(
             TrainingVolume(image.array, annotation, image.geometry.zooms, str(image.path))
         )
     for path in args.unlabeled:
-        volume = read_volume(path)
+        volume = read_checked(path)
         volumes.append(TrainingVolume(volume.array, None, volume.geometry.zooms, str(path)))
     return volumes, axis
 
@@ -366,7 +381,7 @@ def _install_stop_handlers(stop: StopSignal) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, data = load_model(args.model, device)
-    volume = read_volume(args.image)
+    volume = read_checked(args.image)
     axis = _prediction_axis(args.axis, data.axis, volume)
     prediction = predict_with_config(model, data.config, volume.array, axis, device)
     written = [write_volume(args.out, prediction.refined, volume.geometry)]
@@ -397,7 +412,7 @@ def _prediction_axis(requested: int | None, trained: int | None, volume) -> int:
 def run_suggest(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, data = load_model(args.model, device)
-    image = read_volume(args.image)
+    image = read_checked(args.image)
     labels = read_volume(args.labels)
     axis = _prediction_axis(args.axis, data.axis, image)
     annotation = SparseAnnotation.from_labels(

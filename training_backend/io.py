@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import nibabel
+import nibabel.affines
 import numpy as np
 import tifffile
 from nibabel.nifti1 import Nifti1Header, Nifti1Image
@@ -558,6 +559,33 @@ def _write_tiff(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
 
 
 # ----------------------------------------------------------------------------- orientation
+
+OBLIQUE_TOLERANCE_DEGREES = 0.1
+"""Voxel axes further than this from the nearest world axis make a volume oblique."""
+
+
+def obliquity_degrees(geometry: Geometry) -> float:
+    """The largest angle, in degrees, between a voxel axis and its nearest world axis."""
+    angles = nibabel.affines.obliquity(geometry.affine)
+    return float(np.degrees(np.max(np.abs(angles)))) if np.all(np.isfinite(angles)) else 0.0
+
+
+def oblique_warning(volume: Volume) -> str | None:
+    """A warning for a volume whose voxel grid is rotated against the world axes, else None.
+
+    Oblique volumes are read, trained on and exported in their own voxel grid, and exports
+    carry the source's affine, so they stay aligned in any viewer that applies the affine;
+    napari (and anything else that ignores rotations) shows them unrotated.
+    """
+    angle = obliquity_degrees(volume.geometry)
+    if angle <= OBLIQUE_TOLERANCE_DEGREES:
+        return None
+    name = volume.path.name if volume.path is not None else "the volume"
+    return (
+        f"{name} is oblique: its voxel axes are up to {angle:.1f} degrees off the world axes. "
+        "It is shown and segmented in its own voxel grid (napari does not rotate it); "
+        "exports keep its exact affine, so they stay aligned with it in other viewers."
+    )
 
 
 def default_slice_axis(geometry: Geometry) -> int:
