@@ -175,3 +175,33 @@ def test_a_warm_start_takes_the_network_shape_of_its_model(case, tmp_path):
     from training_backend.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "b" / "model.pt").config.model.base_width == 8
+
+
+def test_settings_file_values_are_not_overwritten_by_flag_defaults(case, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"train": {"method": "supervised", "seed": 3}}))
+    assert main(train_args(case, tmp_path / "a", "--config", str(settings))) == 0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["train"]["method"] == "supervised" and saved["train"]["seed"] == 3
+
+
+def test_resume_goes_on_with_the_stored_method(case, tmp_path):
+    assert main(train_args(case, tmp_path / "a", "--method", "mean-teacher")) == 0
+    resumed = train_args(case, tmp_path / "b", "--resume", str(tmp_path / "a" / "model.pt"))
+    assert main(resumed) == 0
+    from training_backend.checkpoint import load_checkpoint
+
+    data = load_checkpoint(tmp_path / "b" / "model.pt")
+    assert data.config.train.method == "mean-teacher" and data.teacher_state is not None
+    assert data.iteration == 12
+
+
+def test_model_files_are_readable_by_others_as_the_umask_allows(case, tmp_path):
+    import os
+    import stat
+
+    assert main(train_args(case, tmp_path / "a")) == 0
+    mode = stat.S_IMODE(os.stat(tmp_path / "a" / "model.pt").st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask

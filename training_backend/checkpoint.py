@@ -60,6 +60,7 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> Path:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -108,6 +109,12 @@ def load_checkpoint(
         axis=payload.get("axis"),
         extra=payload.get("extra") or {},
     )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

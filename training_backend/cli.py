@@ -75,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="further unannotated volume used as unlabeled data (repeatable)",
     )
     t.add_argument("--out", required=True, type=Path, help="run folder (model.pt, train.log)")
-    t.add_argument("--method", choices=METHODS, default="crii")
+    t.add_argument("--method", choices=METHODS, help="default: crii (or the resumed model's)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--iterations", type=int, help="budget in training iterations")
     budget.add_argument("--seconds", type=float, help="budget in seconds (default 60)")
-    t.add_argument("--device", choices=DEVICES, default="auto")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=DEVICES, help="default: auto (CUDA, then MPS, then CPU)")
+    t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument(
         "--axis",
         type=int,
@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"crii {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user error: keep the traceback, end with one line
+        traceback.print_exc()
+        print(f"crii {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 def parse_slices(text: str | None, count: int) -> list[int]:
@@ -178,8 +182,13 @@ def parse_slices(text: str | None, count: int) -> list[int]:
 
 
 def build_config(args: argparse.Namespace) -> CriiConfig:
-    """Defaults, then --config, then explicit flags, then --set overrides."""
+    """Defaults (or the resumed model's settings), then --config, then explicit flags, then
+    --set overrides."""
     data = CriiConfig().to_dict()
+    if getattr(args, "resume", None) is not None:  # a resumed run goes on as it was set up
+        from training_backend.checkpoint import load_checkpoint
+
+        data = load_checkpoint(args.resume).config.to_dict()
     if args.config is not None:
         try:
             loaded = json.loads(args.config.read_text())
@@ -188,7 +197,9 @@ def build_config(args: argparse.Namespace) -> CriiConfig:
         for section, values in (loaded or {}).items():
             data.setdefault(section, {}).update(values if isinstance(values, dict) else {})
     train = data["train"]
-    train.update(method=args.method, device=args.device, seed=args.seed)
+    for name in ("method", "device", "seed"):
+        if getattr(args, name) is not None:
+            train[name] = getattr(args, name)
     if args.iterations is not None:
         train.update(iterations=args.iterations, seconds=None)
     elif args.seconds is not None:

@@ -34,7 +34,10 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    """This process's rank; before the group is joined, the one torchrun gave it."""
+    if active():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
 def world_size() -> int:
