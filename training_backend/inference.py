@@ -54,8 +54,9 @@ def predict_slices(
     autocast: Callable[[], object],
     axis: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coarse and refined probabilities (N, K, A, B) on the CPU for planes along ``axis`` of a
-    normalised volume; planes are padded to the network's multiple and cropped back."""
+    """Coarse and refined probabilities (N, K, A, B), float32 on ``device``, for planes along
+    ``axis`` of a normalised volume; planes are padded to the network's multiple and cropped
+    back."""
     multiple = 2 ** (model.config.levels - 1)
     height, width = (n for a, n in enumerate(image.shape) if a != axis)
     stack = torch.from_numpy(np.ascontiguousarray(context_stack(image, indices, context, axis)))
@@ -65,7 +66,7 @@ def predict_slices(
         out = model(stack)
     coarse = torch.softmax(out.coarse.float(), dim=1)[..., :height, :width]
     refined = torch.softmax(out.refined.float(), dim=1)[..., :height, :width]
-    return coarse.cpu(), refined.cpu()
+    return coarse, refined
 
 
 def _predict_planes(
@@ -90,16 +91,20 @@ def _predict_planes(
         indices = list(range(start, min(start + batch_size, count)))
         coarse, refined = predict_slices(model, volume, indices, context, device, autocast, axis)
         stop = start + len(indices)
-        coarse_all[start:stop] = coarse.numpy()
-        refined_all[start:stop] = refined.numpy()
-        if hardness is not None:
-            hardness[start:stop] = losses.pixel_hardness(
-                refined,
-                coarse,
-                patch_size=loss_config.patch_size,
-                hard_pixels=loss_config.hard_pixels,
-                margin=loss_config.margin,
-            ).numpy()
+        if hardness is not None:  # on the device: the largest tensor work of inference
+            hardness[start:stop] = (
+                losses.pixel_hardness(
+                    refined,
+                    coarse,
+                    patch_size=loss_config.patch_size,
+                    hard_pixels=loss_config.hard_pixels,
+                    margin=loss_config.margin,
+                )
+                .cpu()
+                .numpy()
+            )
+        coarse_all[start:stop] = coarse.cpu().numpy()
+        refined_all[start:stop] = refined.cpu().numpy()
     # (S, K, A, B) -> (K, *volume.shape) with S back at ``axis``
     to_volume = lambda a: np.moveaxis(np.moveaxis(a, 1, 0), 1, axis + 1)  # noqa: E731
     return (
