@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training_backend.io import Geometry, write_volume
+from training_backend.errors import VolumeError
+from training_backend.io import Geometry, read_volume, write_volume
 
 HOME_VARIABLE = "NAPARI_CRII_HOME"
 IMAGE_FILE = "image.nii"
@@ -95,6 +96,26 @@ class Session:
             suffix += 1
             folder = base.with_name(f"{base.name}-{suffix}")
         return cls(folder, spacing)
+
+    @classmethod
+    def previous(cls, image_name: str, shape: Sequence[int]) -> Session | None:
+        """The most recently saved earlier session of ``image_name`` whose annotations fit
+        ``shape`` and hold at least one label, or None."""
+        pattern = re.compile(rf"{re.escape(_safe_name(image_name))}-\d{{8}}-\d{{6}}(-\d+)?")
+        candidates = []
+        for folder in (crii_home() / "sessions").glob(f"{_safe_name(image_name)}-*"):
+            saved = folder / ANNOTATIONS_FILE
+            if pattern.fullmatch(folder.name) and saved.is_file():
+                candidates.append((saved.stat().st_mtime, folder))
+        for _, folder in sorted(candidates, reverse=True):
+            labels = _read_annotations(folder / ANNOTATIONS_FILE)
+            if labels is not None and labels.shape == tuple(shape) and labels.any():
+                return cls(folder)
+        return None
+
+    def saved_annotations(self) -> np.ndarray | None:
+        """The session's saved annotations (display order), or None when unreadable."""
+        return _read_annotations(self.annotations_path)
 
     # ------------------------------------------------------------------ volumes
 
@@ -189,3 +210,10 @@ class Session:
         self.background_slices = {int(i) for i in state.get("background_slices", [])}
         model = state.get("last_model")
         self.last_model = Path(model) if model and Path(model).is_file() else None
+
+
+def _read_annotations(path: Path) -> np.ndarray | None:
+    try:
+        return read_volume(path).array
+    except VolumeError:
+        return None

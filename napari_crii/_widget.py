@@ -53,6 +53,7 @@ from training_backend.events import (
     Checkpoint,
     Event,
     Finished,
+    Notice,
     Prediction,
     Preview,
     Progress,
@@ -128,6 +129,9 @@ class CriiWidget(QWidget):
         self._pending_progress: Progress | None = None
         self._last_preview_at = 0.0
         self._model_shape: dict[str, Any] = {}
+        self._offered: set[int] = set()
+        self._earlier: dict[int, Session | None] = {}
+        """The earlier session found for each image layer (looked for once per layer)."""
         self._build()
         self._connect()
         self._refresh_layer_choices()
@@ -164,6 +168,11 @@ class CriiWidget(QWidget):
         form.addRow("Slice axis", self.axis_label)
         form.addRow("Annotated", self.annotated_label)
         form.addRow(self.background_button)
+        self.restore_button = QPushButton("Restore last session")
+        self.restore_button.setToolTip(
+            "add the annotations last saved for this image (after napari closed or crashed)"
+        )
+        form.addRow(self.restore_button)
         return box
 
     def _training_box(self) -> QGroupBox:
@@ -290,6 +299,7 @@ class CriiWidget(QWidget):
         self.labels_combo.currentIndexChanged.connect(self._on_layers_chosen)
         self.new_labels_button.clicked.connect(self.new_annotations)
         self.background_button.clicked.connect(self.toggle_background)
+        self.restore_button.clicked.connect(self.restore_session)
         self.train_button.clicked.connect(self.train)
         self.stop_button.clicked.connect(self.stop)
         self.suggestion_list.itemClicked.connect(self._go_to_suggestion)
@@ -360,7 +370,50 @@ class CriiWidget(QWidget):
         else:
             count = image.data.shape[0] if image.ndim == 3 else 0
             self.axis_label.setText(f"0 (the slider), {count} slices")
+        self._offer_restore()
         self._update_summary()
+
+    def _previous_session(self) -> Session | None:
+        image = self.image_layer
+        if image is None or image.ndim != 3:
+            return None
+        if id(image) not in self._earlier:
+            self._earlier[id(image)] = Session.previous(image.name, image.data.shape)
+        found = self._earlier[id(image)]
+        current = self._current_session()
+        if found is None or (current is not None and found.folder == current.folder):
+            return None
+        return found
+
+    def _offer_restore(self) -> None:
+        """Once per image layer: say so when an earlier session of it holds annotations."""
+        image = self.image_layer
+        found = self._previous_session()
+        self.restore_button.setEnabled(found is not None)
+        if image is None or found is None or id(image) in self._offered:
+            return
+        self._offered.add(id(image))
+        show_info(
+            f"Annotations of '{image.name}' from an earlier session were found in "
+            f"{found.folder}: press Restore last session to continue them."
+        )
+
+    def restore_session(self) -> Labels | None:
+        """Add the annotations of this image's last session as a layer, and continue it."""
+        image = self.image_layer
+        found = self._previous_session()
+        labels = None if found is None else found.saved_annotations()
+        if image is None or found is None or labels is None:
+            show_error("No earlier session with annotations of this image was found.")
+            return None
+        name = f"{image.name} annotations (restored)"
+        layer = self.viewer.add_labels(labels, **_layers.derived_layer_kwargs(image, name))
+        found.spacing = tuple(float(v) for v in image.scale[-3:])
+        self.session, self._session_image = found, image
+        self.labels_combo.setCurrentText(layer.name)
+        self.restore_button.setEnabled(False)
+        show_info(f"Restored {len(annotated_slices(labels))} annotated slices from {found.folder}.")
+        return layer
 
     def _on_annotations_changed(self, event: Any = None) -> None:
         self._dirty = True
@@ -638,6 +691,8 @@ class CriiWidget(QWidget):
             self.predictions.set_volumes(_layers.read_volumes(vars(event)))
         elif isinstance(event, Suggestions):
             self._show_suggestions(event.slices, event.scores)
+        elif isinstance(event, Notice):
+            show_warning(f"CRII training: {event.message}")
         elif isinstance(event, Finished):
             self._progress_timer.stop()
             self._pending_progress = None

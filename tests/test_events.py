@@ -5,6 +5,7 @@ from training_backend.events import (
     Error,
     EventDecodeError,
     Finished,
+    Notice,
     Prediction,
     Preview,
     Progress,
@@ -36,6 +37,7 @@ EXAMPLES = [
     Checkpoint(iteration=10, path="run/model.pt"),
     Prediction(refined="r.npy", coarse="c.npy", hardness="h.npy", probabilities=None),
     Suggestions(slices=[5, 12], scores=[0.4, 0.3], axis=2),
+    Notice(message="out of memory on cuda:0: the batch size is now 4, training goes on"),
     Error(message="no annotated slice", error_type="AnnotationError"),
     Finished(
         iteration=100, seconds=12.0, model_path="run/model.pt", stopped_early=True, reason="stopped"

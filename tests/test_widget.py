@@ -234,3 +234,45 @@ def test_a_device_that_vanished_is_refused(crii, notes, monkeypatch):
     assert not widget.process.running
     assert len(notes.error) == 1 and "'cuda' is no longer available" in notes.error[0]
     assert widget.device_combo.currentData() == "cpu"
+
+
+def test_after_a_killed_round_the_next_one_works_and_its_notes_are_shown(crii, qtbot, notes):
+    viewer, widget = crii
+    viewer.layers["phantom"].data[0, :2, :2] = np.nan  # four voxels the rounds must mention
+    killed: list[int] = []
+
+    def kill_first(event) -> None:
+        if isinstance(event, Started) and not killed:
+            killed.append(widget.process.pid())
+            os.kill(killed[0], signal.SIGKILL)
+
+    widget.process.received.connect(kill_first)
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    assert len(notes.error) == 1 and "stopped unexpectedly" in notes.error[0]
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    assert len(notes.error) == 1 and len(killed) == 1
+    assert any("4 voxels are NaN or Inf" in w for w in notes.warning), notes.warning
+    assert widget.session.last_model is not None and widget.session.last_model.is_file()
+
+
+def test_a_restarted_widget_offers_and_restores_the_last_session(crii, notes):
+    viewer, widget = crii
+    labels = viewer.layers["phantom annotations"]
+    labels.data_setitem((np.array([1]), np.array([2]), np.array([3])), 2)
+    assert widget.autosave()
+    assert not widget.restore_button.isEnabled()  # its own session is not "earlier"
+    # napari killed and started again: a new widget on the same image
+    again = _widget.CriiWidget(viewer)
+    try:
+        assert any("earlier session" in m for m in notes.info), notes.info
+        assert again.restore_button.isEnabled()
+        restored = again.restore_session()
+        assert restored is not None and again.labels_layer is restored
+        np.testing.assert_array_equal(restored.data, labels.data)
+        np.testing.assert_allclose(restored.scale, viewer.layers["phantom"].scale)
+        assert again.session.folder == widget.session.folder
+        assert not again.restore_button.isEnabled()
+    finally:
+        again.process.shutdown()

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from training_backend import __version__, distributed
+from training_backend import __version__, distributed, memory
 from training_backend.annotations import SparseAnnotation
 from training_backend.config import DEVICES, METHODS, CriiConfig
 from training_backend.devices import resolve_device
@@ -394,6 +394,7 @@ def run_predict(args: argparse.Namespace) -> int:
     model, data = load_model(args.model, device)
     volume = read_checked(args.image)
     axis = _prediction_axis(args.axis, data.axis, volume)
+    _check_prediction_memory(volume, data.config)
     prediction = predict_with_config(model, data.config, volume.array, axis, device)
     written = [write_volume(args.out, prediction.refined, volume.geometry)]
     if args.coarse:
@@ -410,6 +411,13 @@ def run_predict(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _check_prediction_memory(volume: Volume, config: CriiConfig) -> None:
+    orientations = 3 if config.train.orientations == "all" else 1
+    shape = volume.array.shape
+    needed = memory.prediction_bytes(shape, config.model.num_classes, orientations)
+    memory.check_fits(needed, "predicting", str(volume.path), shape)
 
 
 def _prediction_axis(requested: int | None, trained: int | None, volume) -> int:
@@ -433,6 +441,7 @@ def run_suggest(args: argparse.Namespace) -> int:
         num_classes=data.num_classes,
         source=str(args.labels),
     )
+    _check_prediction_memory(image, data.config)
     prediction = predict_with_config(model, data.config, image.array, axis, device)
     picks = suggest_slices(prediction.slice_scores(axis), annotation.annotated, args.count)
     result = {

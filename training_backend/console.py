@@ -11,6 +11,7 @@ from training_backend.events import (
     Error,
     Event,
     Finished,
+    Notice,
     Prediction,
     Progress,
     Started,
@@ -65,6 +66,8 @@ class ConsoleReporter:
                 f"{how} after {event.iteration} iterations in {event.seconds:.1f} s; "
                 f"model: {event.model_path}"
             )
+        elif isinstance(event, Notice):
+            self._line(f"note: {event.message}")
         elif isinstance(event, Error):
             self._line(f"error: {event.message}")
 

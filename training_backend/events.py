@@ -91,6 +91,14 @@ class Error(Event):
 
 
 @dataclass
+class Notice(Event):
+    """Training goes on, but a person should know: odd input, a fallback taken."""
+
+    kind: ClassVar[str] = "notice"
+    message: str
+
+
+@dataclass
 class Finished(Event):
     kind: ClassVar[str] = "finished"
     iteration: int
@@ -102,7 +110,17 @@ class Finished(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Started, Progress, Preview, Checkpoint, Prediction, Suggestions, Error, Finished)
+    for cls in (
+        Started,
+        Progress,
+        Preview,
+        Checkpoint,
+        Prediction,
+        Suggestions,
+        Notice,
+        Error,
+        Finished,
+    )
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training_backend import distributed, losses
+from training_backend import distributed, losses, memory
 from training_backend.annotations import SparseAnnotation
 from training_backend.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
 from training_backend.config import CriiConfig
@@ -29,6 +29,7 @@ from training_backend.events import (
     Error,
     Event,
     Finished,
+    Notice,
     Prediction,
     Preview,
     Progress,
@@ -156,6 +157,77 @@ def _prepare_volumes(job: TrainingJob, axis: int) -> list[SliceVolume]:
     return prepared
 
 
+def input_notices(job: TrainingJob) -> list[str]:
+    """What a person should know about the inputs before training on them: non-finite or
+    constant intensities, and annotations that hold only one class."""
+    notes = []
+    for volume in job.volumes:
+        image = np.asarray(volume.image)
+        finite = np.isfinite(image) if image.dtype.kind == "f" else None
+        bad = 0 if finite is None else int(finite.size - np.count_nonzero(finite))
+        if bad:
+            notes.append(
+                f"{volume.name}: {bad} voxels are NaN or Inf; they are treated as the lowest "
+                "intensity."
+            )
+        values = image[finite] if bad else image
+        if values.size and values.min() == values.max():
+            notes.append(
+                f"{volume.name}: the image is constant (every voxel {values.flat[0]}): there "
+                "is nothing to learn from; check that the right image is loaded."
+            )
+    classes: set[int] = set()
+    for volume in job.volumes:
+        annotation = volume.annotation
+        if annotation is not None and annotation.annotated.any():
+            planes = slice_major(annotation.labels, annotation.axis)[annotation.annotated]
+            classes.update(int(c) for c in np.unique(planes))
+    if classes == {0}:
+        notes.append(
+            "the annotated slices hold background only: the model can only learn to find "
+            "nothing. Paint the structure on a few slices."
+        )
+    elif len(classes) == 1:
+        notes.append(
+            f"every annotated pixel is class {classes.pop()}, with no background: the model "
+            "cannot learn where the structure ends. Annotate slices that also show background."
+        )
+    return notes
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (CUDA, MPS or the CPU allocator)."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(device)
+
+
+def _check_memory(job: TrainingJob) -> None:
+    """Refuse a round whose volumes (and final prediction) would not fit in memory."""
+    classes = job.config.model.num_classes
+    needed = sum(memory.training_bytes(v.image.shape, classes) for v in job.volumes)
+    names = ", ".join(v.name for v in job.volumes)
+    shape = job.volumes[0].image.shape
+    memory.check_fits(needed, "training on", names, shape)
+    if job.predict_at_end:
+        orientations = 3 if job.config.train.orientations == "all" else 1
+        needed = memory.prediction_bytes(shape, classes, orientations)
+        memory.check_fits(needed, "predicting", job.volumes[0].name, shape)
+
+
 def _train(job: TrainingJob) -> Iterator[Event]:
     config = job.config.validate()
     tc = config.train
@@ -167,6 +239,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
     if not annotated:
         raise VolumeError("no annotated volume: give at least one image with its labels")
     axis = annotated[0].annotation.axis
+    _check_memory(job)
     volumes = _prepare_volumes(job, axis)
     model = build_model(config.model, device)
     start_iteration = 0
@@ -234,6 +307,8 @@ def _train(job: TrainingJob) -> Iterator[Event]:
             run_dir=str(run_dir),
             world_size=distributed.world_size(),
         )
+        for note in input_notices(job):
+            yield Notice(message=note)
     network.train()
     iteration = start_iteration
     last_good_saved = False
@@ -249,7 +324,40 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         optimizer.param_groups[0]["lr"] = tc.learning_rate * (
             1.0 - 0.9 * budget.progress(iteration)
         )
-        named = method.losses(network, batch, budget.progress(iteration), autocast)
+        try:
+            named = method.losses(network, batch, budget.progress(iteration), autocast)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc) or distributed.world_size() > 1:
+                raise
+            del exc
+            optimizer.zero_grad(set_to_none=True)
+            _release_memory(device)
+            if sampler.batch_size > 1:
+                sampler.set_batch_size(sampler.batch_size // 2)
+                message = (
+                    f"out of memory on {device}: the batch size is now {sampler.batch_size}, "
+                    "training goes on"
+                )
+            elif device.type != "cpu":
+                message = (
+                    f"out of memory on {device} even with one slice per batch: training goes "
+                    "on on the CPU (slower)"
+                )
+                device = torch.device("cpu")
+                model.to(device)
+                if method.teacher is not None:
+                    method.teacher.to(device)
+                _move_optimizer(optimizer, device)
+                autocast = autocast_for(device, False)
+                scaler = torch.amp.GradScaler("cuda", enabled=False)
+            else:
+                raise TrainingError(
+                    "out of memory on the CPU even with one slice per batch: lower "
+                    "train.crop_size or model.base_width, or close other programs."
+                ) from None
+            if main:
+                yield Notice(message=message)
+            continue
         total = named["total"]
         if distributed.agree(not bool(torch.isfinite(total.detach()))):
             message = (
@@ -340,9 +448,9 @@ def _preview(model, volume, index, context, device, run_dir, iteration, autocast
     np.savez(
         temporary,
         slice_index=np.int64(index),
-        refined=refined[0].argmax(0).numpy().astype(np.uint8),
-        coarse=coarse[0].argmax(0).numpy().astype(np.uint8),
-        hardness=hardness[0].numpy().astype(np.float32),
+        refined=refined[0].argmax(0).cpu().numpy().astype(np.uint8),
+        coarse=coarse[0].argmax(0).cpu().numpy().astype(np.uint8),
+        hardness=hardness[0].cpu().numpy().astype(np.float32),
     )
     os.replace(temporary, path)
     return Preview(iteration=iteration, slice_index=index, path=str(path))

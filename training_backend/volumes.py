@@ -147,22 +147,34 @@ class BatchSampler:
         ]
         if not self.labeled[0]:
             raise VolumeError("no annotated slice in any training volume")
-        self.num_labeled = (
-            batch_size
-            if not self.unlabeled
-            else max(1, min(batch_size, round(batch_size * labeled_fraction)))
-        )
-        self.num_unlabeled = batch_size - self.num_labeled
+        self.labeled_fraction = labeled_fraction
+        self.set_batch_size(batch_size)
         axes = (1, 2) if not all_orientations else (0, 1, 2)
         largest = max(vol.image.shape[a] for vol in self.volumes for a in axes)
+        # Planes smaller than the network's downsampling are padded so that its coarsest
+        # level keeps at least 2 x 2 pixels (batch norm needs more than one value).
+        smallest = 2 * size_multiple
         if all_orientations:
-            self.height = self.width = min(round_up(largest, size_multiple), crop_size)
+            side = max(min(round_up(largest, size_multiple), crop_size), smallest)
+            self.height = self.width = side
         else:
             height = max(vol.image.shape[1] for vol in self.volumes)
             width = max(vol.image.shape[2] for vol in self.volumes)
-            self.height = min(round_up(height, size_multiple), crop_size)
-            self.width = min(round_up(width, size_multiple), crop_size)
+            self.height = max(min(round_up(height, size_multiple), crop_size), smallest)
+            self.width = max(min(round_up(width, size_multiple), crop_size), smallest)
         self.has_prior = any(vol.prior is not None for vol in self.volumes)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_labeled + self.num_unlabeled
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Items per batch from now on; at least one labeled item in each."""
+        size = max(1, int(batch_size))
+        self.num_labeled = (
+            size if not self.unlabeled else max(1, min(size, round(size * self.labeled_fraction)))
+        )
+        self.num_unlabeled = size - self.num_labeled
 
     def sample(self) -> Batch:
         axes = list(self.labeled)
