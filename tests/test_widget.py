@@ -276,3 +276,20 @@ def test_a_restarted_widget_offers_and_restores_the_last_session(crii, notes):
         assert not again.restore_button.isEnabled()
     finally:
         again.process.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [(-1, "negative value -1"), (300, "label value 300")],
+    ids=["negative", "many"],
+)
+def test_bad_label_values_end_the_round_with_a_clear_error(crii, qtbot, notes, value, fragment):
+    viewer, widget = crii
+    labels = viewer.layers["phantom annotations"]
+    data = labels.data.astype(np.int32)
+    data[tuple(np.argwhere(data > 0)[0])] = value
+    labels.data = data
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert len(notes.error) == 1 and fragment in notes.error[0], notes.error
+    assert widget.train_button.isEnabled()

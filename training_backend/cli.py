@@ -33,6 +33,8 @@ from training_backend.trainer import STOP_FILE, StopSignal, TrainingJob, Trainin
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+MAX_LABEL = 254
+"""The highest class label (the network segments at most 255 classes, background included)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +254,14 @@ def load_training_volumes(
     first_image = pairs[0][0]
     axis = args.axis if args.axis is not None else default_slice_axis(first_image.geometry)
     if num_classes is None:
+        for _, labels in pairs:
+            top = float(np.nanmax(labels.array, initial=0))
+            if top > MAX_LABEL:
+                raise AnnotationError(
+                    f"{labels.path}: holds the label value {top:g}, but labels go from 0 "
+                    f"(background) to at most {MAX_LABEL}. Is it an image rather than a label "
+                    "volume? Otherwise relabel the classes 1, 2, 3..."
+                )
         num_classes = max(2, *(int(np.max(labels.array, initial=0)) + 1 for _, labels in pairs))
     volumes = []
     for index, (image, labels) in enumerate(pairs):
