@@ -205,3 +205,9 @@ def test_model_files_are_readable_by_others_as_the_umask_allows(case, tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert mode == 0o666 & ~mask
+
+
+def test_devices_lists_the_cpu_as_json(capsys):
+    assert main(["devices"]) == 0
+    devices = json.loads(capsys.readouterr().out)
+    assert {"name": "cpu", "description": "CPU"} in devices

@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--axis", type=int, choices=(0, 1, 2))
 
+    commands.add_parser("devices", help="list the devices present (JSON on stdout)")
+
     d = commands.add_parser("demo", help="train and predict on the synthetic phantom")
     d.add_argument("--out", type=Path, default=Path("crii-demo"))
     d.add_argument("--seconds", type=float, default=60.0)
@@ -146,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": run_predict,
         "suggest": run_suggest,
         "demo": run_demo,
+        "devices": run_devices,
     }
     try:
         return handlers[args.command](args)
@@ -460,6 +463,15 @@ def run_suggest(args: argparse.Namespace) -> int:
         "slices": [{"index": index, "score": round(score, 6)} for index, score in picks],
     }
     print(json.dumps(result))
+    return 0
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    """``[{"name": "cuda", "description": "CUDA: <card>"}, ..., {"name": "cpu", ...}]``: the
+    plugin asks this in a child process so that napari never imports torch or starts CUDA."""
+    from training_backend.devices import available_devices
+
+    print(json.dumps([{"name": n, "description": d} for n, d in available_devices()]))
     return 0
 
 
