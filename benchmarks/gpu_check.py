@@ -27,10 +27,10 @@ import torch  # noqa: E402
 
 from training_backend.annotations import SparseAnnotation  # noqa: E402
 from training_backend.config import CriiConfig  # noqa: E402
-from training_backend.demo import phantom_as_nifti  # noqa: E402
 from training_backend.events import Error, Finished, Progress  # noqa: E402
 from training_backend.inference import load_model, predict_with_config  # noqa: E402
 from training_backend.metrics import mean_dice  # noqa: E402
+from training_backend.phantom import phantom_as_nifti  # noqa: E402
 from training_backend.simulate import slices_for_fraction, sparse_labels  # noqa: E402
 from training_backend.trainer import TrainingJob, TrainingVolume, train  # noqa: E402
 

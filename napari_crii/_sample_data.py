@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari_crii import _geometry
-from training_backend.demo import phantom_as_nifti
+from training_backend.phantom import phantom_as_nifti
 from training_backend.simulate import slices_for_fraction, sparse_labels
 
 ANNOTATED_FRACTION = 0.04

@@ -19,28 +19,14 @@ from training_backend.devices import resolve_device
 from training_backend.errors import TrainingError
 from training_backend.events import Error, Finished
 from training_backend.inference import load_model, predict_with_config, suggest_slices
-from training_backend.io import Geometry, write_volume
+from training_backend.io import write_volume
 from training_backend.metrics import dice_per_class
-from training_backend.phantom import make_phantom
+from training_backend.phantom import phantom_as_nifti
 from training_backend.prior import interpolate_labels
 from training_backend.simulate import slices_for_fraction, sparse_labels
 from training_backend.trainer import TrainingJob, TrainingVolume, train
 
-DEMO_SHAPE = (64, 96, 96)
 CLASS_NAMES = {1: "organ", 2: "lesion"}
-
-
-def phantom_as_nifti(seed: int = 0) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """The phantom in NIfTI array order (X, Y, Z), axial slices along axis 2."""
-    phantom = make_phantom(DEMO_SHAPE, seed=seed)
-    order = (2, 1, 0)
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag([phantom.spacing[a] for a in order])
-    affine[:3, 3] = phantom.affine[:3, 3][list(order)]
-    geometry = Geometry(affine, tuple(phantom.spacing[a] for a in order), "nifti")
-    image = np.ascontiguousarray(phantom.image.transpose(order))
-    truth = np.ascontiguousarray(phantom.truth.transpose(order))
-    return image, truth, geometry
 
 
 def run_demo(out: Path, seconds: float = 60.0, device: str = "auto", seed: int = 0) -> dict:

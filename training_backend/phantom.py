@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from training_backend.io import Geometry
+
 ORGAN_INTENSITY = 600.0
 LESION_CONTRAST = 0.15
 """The lesion is this fraction darker than the organ: hard to see, as in the paper's lesions."""
@@ -85,3 +87,20 @@ def make_phantom(shape: tuple[int, int, int] = (48, 96, 96), seed: int = 0) -> P
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = (-0.5 * z_count * spacing[0], -0.5 * height * spacing[1], 12.5)
     return Phantom(image=image, truth=truth, spacing=spacing, affine=affine)
+
+
+SAMPLE_SHAPE = (64, 96, 96)
+"""The demo and napari sample volume: 64 axial slices of 96 x 96."""
+
+
+def phantom_as_nifti(seed: int = 0) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """The phantom in NIfTI array order (X, Y, Z), axial slices along axis 2."""
+    phantom = make_phantom(SAMPLE_SHAPE, seed=seed)
+    order = (2, 1, 0)
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([phantom.spacing[a] for a in order])
+    affine[:3, 3] = phantom.affine[:3, 3][list(order)]
+    geometry = Geometry(affine, tuple(phantom.spacing[a] for a in order), "nifti")
+    image = np.ascontiguousarray(phantom.image.transpose(order))
+    truth = np.ascontiguousarray(phantom.truth.transpose(order))
+    return image, truth, geometry
