@@ -531,7 +531,8 @@ def _set_forms(
 def _write_tiff(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
     z, y, x = geometry.zooms
     resolution = (1.0 / x, 1.0 / y)
-    if data.dtype in (np.uint8, np.int16, np.float32):
+    # ImageJ files cannot hold planes one pixel wide (tifffile squeezes such an axis away).
+    if data.dtype in (np.uint8, np.int16, np.float32) and min(data.shape[1:]) > 1:
         metadata: dict[str, Any] = {"axes": "ZYX", "spacing": z}
         header = geometry.nifti_header
         if header is not None:
@@ -547,7 +548,8 @@ def _write_tiff(tmp: Path, data: np.ndarray, geometry: Geometry) -> None:
             metadata=metadata,
         )
     else:
-        # int32 is beyond ImageJ: a plain TIFF whose JSON description carries the spacing.
+        # int32 (or planes one pixel wide) is beyond ImageJ: a plain TIFF whose JSON description
+        # carries the shape and the spacing.
         tifffile.imwrite(
             tmp,
             data,
