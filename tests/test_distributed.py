@@ -1,6 +1,7 @@
 """Two CPU processes under torchrun (gloo): they train together and only rank 0 writes."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -10,6 +11,13 @@ from training_backend.checkpoint import load_checkpoint
 from training_backend.events import Finished, Started, decode
 
 
+def free_port() -> int:
+    """A port no other run is using now (a fixed one collides with a parallel test run)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_torchrun(tiny_phantom, tmp_path):
     phantom, labels, _ = tiny_phantom
     image = save_nifti(tmp_path / "image.nii", phantom.image)
@@ -17,7 +25,7 @@ def test_two_process_torchrun(tiny_phantom, tmp_path):
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-port", "29517", "-m", "training_backend", "train",
+        "--master-port", str(free_port()), "-m", "training_backend", "train",
         "--image", str(image), "--labels", str(label_file), "--out", str(out), "--axis", "0",
         "--iterations", "4", "--device", "cpu", "--events", "-",
         "--set", "model.base_width=8", "--set", "model.levels=3", "--set", "loss.patch_size=8",

@@ -176,3 +176,21 @@ def test_crii_keeps_the_ranked_losses_when_every_slice_is_annotated(tiny_phantom
     progress = [e for e in run(job) if isinstance(e, Progress)]
     assert {"intra_prl", "inter_prl"} <= set(progress[-1].losses)
     assert "consistency" not in progress[-1].losses
+
+
+def test_a_failed_final_prediction_still_finishes_with_the_model(tiny_phantom, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+    from training_backend import trainer
+    from training_backend.events import Notice
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(trainer, "predict_with_config", fails)
+    job = tiny_job(tiny_phantom, tmp_path, iterations=2)
+    job.predict_at_end = True
+    events = run(job)
+    assert isinstance(events[-1], Finished) and events[-1].iteration == 2
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any("model is saved" in n and "predict again" in n for n in notes)
+    assert load_checkpoint(events[-1].model_path).iteration == 2

@@ -74,3 +74,13 @@ def agree(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], device=backend_device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def agree_max(values: list[float]) -> list[float]:
+    """The maximum over ranks of each value (one collective for several numbers)."""
+    if not active():
+        return values
+    backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=backend_device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()

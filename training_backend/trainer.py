@@ -198,8 +198,11 @@ def input_notices(job: TrainingJob) -> list[str]:
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a device running out of memory (CUDA, MPS or the CPU allocator)."""
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(exc, oom) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    if isinstance(exc, oom | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
     )
 
 
@@ -279,7 +282,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
     model_path = run_dir / MODEL_FILE
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    preview_volume = volumes[job.volumes.index(annotated[0])]
+    preview_volume = volumes[next(i for i, v in enumerate(job.volumes) if v is annotated[0])]
     preview_index = _preview_index(job.preview_slice, preview_volume)
     budget = _Budget(tc.iterations, tc.seconds, start_iteration)
 
@@ -316,32 +319,53 @@ def _train(job: TrainingJob) -> Iterator[Event]:
     running: dict[str, float] = {}
     reason = "budget"
     while True:
-        stop_now = distributed.agree(job.stop.requested or budget.spent(iteration))
-        if stop_now:
+        # one progress figure for every rank (the learning rate and ramps follow it)
+        stop_flag, progress = distributed.agree_max(
+            [float(job.stop.requested or budget.spent(iteration)), budget.progress(iteration)]
+        )
+        if stop_flag:
             reason = "stopped" if job.stop.requested else "budget"
             break
         batch = random_flips(sampler.sample(), generator).to(device)
-        optimizer.param_groups[0]["lr"] = tc.learning_rate * (
-            1.0 - 0.9 * budget.progress(iteration)
-        )
+        optimizer.param_groups[0]["lr"] = tc.learning_rate * (1.0 - 0.9 * progress)
+        out_of_memory = False
         try:
-            named = method.losses(network, batch, budget.progress(iteration), autocast)
+            named = method.losses(network, batch, progress, autocast)
+            total = named["total"]
+            if distributed.agree(not bool(torch.isfinite(total.detach()))):
+                raise TrainingError(
+                    f"training stopped at iteration {iteration + 1}: the loss became "
+                    f"{float(total.detach())} (not finite). "
+                    + (
+                        "The last good model is kept in " + str(model_path)
+                        if last_good_saved
+                        else "No model was saved yet."
+                    )
+                    + " Try a lower learning rate, or check the image for extreme values."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc) or distributed.world_size() > 1:
                 raise
-            del exc
+            out_of_memory = True  # recover below, once the traceback has let go of the tensors
+        if out_of_memory:
+            named = total = batch = None
             optimizer.zero_grad(set_to_none=True)
             _release_memory(device)
-            if sampler.batch_size > 1:
-                sampler.set_batch_size(sampler.batch_size // 2)
+            smallest = 2 if method.uses_unlabeled and sampler.unlabeled else 1
+            if sampler.batch_size > smallest:
+                sampler.set_batch_size(max(smallest, sampler.batch_size // 2))
                 message = (
                     f"out of memory on {device}: the batch size is now {sampler.batch_size}, "
                     "training goes on"
                 )
             elif device.type != "cpu":
                 message = (
-                    f"out of memory on {device} even with one slice per batch: training goes "
-                    "on on the CPU (slower)"
+                    f"out of memory on {device} even with {smallest} slice(s) per batch: "
+                    "training goes on on the CPU (slower)"
                 )
                 device = torch.device("cpu")
                 model.to(device)
@@ -352,29 +376,13 @@ def _train(job: TrainingJob) -> Iterator[Event]:
                 scaler = torch.amp.GradScaler("cuda", enabled=False)
             else:
                 raise TrainingError(
-                    "out of memory on the CPU even with one slice per batch: lower "
-                    "train.crop_size or model.base_width, or close other programs."
-                ) from None
+                    "out of memory on the CPU even with the smallest batch: close other "
+                    "programs, crop the volume to the region of interest, or (command line) "
+                    "lower train.crop_size."
+                )
             if main:
                 yield Notice(message=message)
             continue
-        total = named["total"]
-        if distributed.agree(not bool(torch.isfinite(total.detach()))):
-            message = (
-                f"training stopped at iteration {iteration + 1}: the loss became "
-                f"{float(total.detach())} (not finite). "
-                + (
-                    "The last good model is kept in " + str(model_path)
-                    if last_good_saved
-                    else "No model was saved yet."
-                )
-                + " Try a lower learning rate, or check the image for extreme values."
-            )
-            raise TrainingError(message)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
         iteration += 1
         method.after_step(network, iteration)
         for name, value in named.items():
@@ -410,7 +418,13 @@ def _train(job: TrainingJob) -> Iterator[Event]:
     saved = checkpoint(iteration)
     yield Checkpoint(iteration=iteration, path=str(saved))
     if job.predict_at_end:
-        yield from _predict_outputs(job, model, config, axis, run_dir, device)
+        try:
+            yield from _predict_outputs(job, model, config, axis, run_dir, device)
+        except (RuntimeError, MemoryError) as exc:  # the model is saved: say so, still finish
+            yield Notice(
+                message=f"the model is saved, but predicting the whole volume failed "
+                f"({type(exc).__name__}: {str(exc)[:200]}); predict again on the CPU"
+            )
     yield Finished(
         iteration=iteration,
         seconds=round(budget.elapsed(), 3),
