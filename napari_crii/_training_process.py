@@ -21,7 +21,6 @@ from pathlib import Path
 from qtpy.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from napari_crii._session import format_slices
-from training_backend.config import CriiConfig
 from training_backend.events import Checkpoint, Error, EventDecodeError, Finished, Started, decode
 
 # The names the trainer reads (training_backend.trainer.STOP_FILE / PREVIEW_SLICE_FILE); copied,
@@ -33,7 +32,6 @@ KILL_AFTER_STOP_MS = 10_000
 STDERR_LINES_KEPT = 40
 LOG_FILE = "process.log"
 CHILD_NICENESS = 10
-MODEL_SHAPE_KEYS = ("model.base_width", "model.levels", "model.refine_width", "train.context")
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +82,6 @@ def predict_arguments(model: Path, image: Path, folder: Path, device: str) -> li
     args = ["-m", "training_backend", "predict", "--model", str(model), "--image", str(image)]
     args += ["--axis", "0", "--device", device, "--out", str(folder / "refined.nii")]
     return args + [f"--{name}={folder / f'{name}.nii'}" for name in ("coarse", "hardness")]
-
-
-def flat_settings(config: CriiConfig) -> dict[str, object]:
-    """``{"section.key": value}`` of a configuration (the ``--set`` form)."""
-    return {
-        f"{part}.{k}": v for part, values in config.to_dict().items() for k, v in values.items()
-    }
-
-
-def model_shape(settings: Mapping[str, object]) -> dict[str, object]:
-    """The settings that decide the network's shape (a warm start must repeat them)."""
-    defaults = flat_settings(CriiConfig())
-    return {key: settings.get(key, defaults[key]) for key in MODEL_SHAPE_KEYS}
 
 
 def _setting_text(value: object) -> str:

@@ -8,7 +8,9 @@ per-image session folder (:mod:`napari_crii._session`); prediction layers are ma
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QPointF, QSize, Qt, QTimer
+from qtpy.QtCore import QPointF, QProcess, QSize, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -43,8 +45,6 @@ from napari_crii._training_process import (
     ProcessOutcome,
     TrainingProcess,
     TrainingRequest,
-    flat_settings,
-    model_shape,
     predict_arguments,
 )
 from training_backend.config import METHODS, CriiConfig
@@ -128,7 +128,6 @@ class CriiWidget(QWidget):
         self._pending_preview: Preview | None = None
         self._pending_progress: Progress | None = None
         self._last_preview_at = 0.0
-        self._model_shape: dict[str, Any] = {}
         self._offered: set[int] = set()
         self._earlier: dict[int, Session | None] = {}
         """The earlier session found for each image layer (looked for once per layer)."""
@@ -275,18 +274,25 @@ class CriiWidget(QWidget):
         layout.addWidget(self.predict_button)
         return box
 
-    def _fill_devices(self) -> list[str]:
-        from training_backend.devices import available_devices
-
-        current = self.device_combo.currentData()
+    def _fill_devices(self) -> None:
+        """Offer auto and CPU at once; ask a child process for the GPUs (napari itself never
+        imports torch nor starts CUDA) and add them when it answers."""
         self.device_combo.clear()
-        names = []
-        for name, description in available_devices():
+        for name, description in (("auto", "auto (GPU if present)"), ("cpu", "CPU")):
             self.device_combo.addItem(description, name)
-            names.append(name)
-        if current in names:
-            self.device_combo.setCurrentIndex(names.index(current))
-        return names
+        self._device_probe = QProcess(self)
+        self._device_probe.finished.connect(self._add_probed_devices)
+        self._device_probe.start(sys.executable, ["-m", "training_backend", "devices"])
+
+    def _add_probed_devices(self) -> None:
+        output = bytes(self._device_probe.readAllStandardOutput()).decode(errors="replace")
+        try:
+            found = json.loads(output.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return  # no answer: auto and CPU stay; a missing device is reported by training
+        for device in found:
+            if self.device_combo.findData(device.get("name")) < 0:
+                self.device_combo.addItem(str(device.get("description")), device.get("name"))
 
     # -------------------------------------------------------------- connections
 
@@ -504,7 +510,6 @@ class CriiWidget(QWidget):
                 )
                 return None
             self._session_image = image
-            self._model_shape = {}
         return self.session
 
     def autosave(self) -> bool:
@@ -578,7 +583,6 @@ class CriiWidget(QWidget):
             show_error(f"Could not save the annotations before training: {exc}")
             return False
         request = self._request(session, folder, label_path, device)
-        self._model_shape[str(folder / "model.pt")] = model_shape(request.settings)
         self.predictions.ensure_soon(image)
         self._start("train")
         self.process.start(request)
@@ -586,15 +590,9 @@ class CriiWidget(QWidget):
         return True
 
     def _chosen_device(self) -> str | None:
-        wanted = self.device_combo.currentData()
-        present = self._fill_devices()
-        if wanted not in present:
-            show_error(
-                f"The device '{wanted}' is no longer available (unplugged or its driver "
-                f"failed). Choose one of: {', '.join(present)}."
-            )
-            return None
-        return str(wanted)
+        """The device to train on; one that vanished since is refused by the training process
+        with a message that names it."""
+        return str(self.device_combo.currentData() or "auto")
 
     def _request(
         self, session: Session, folder: Path, labels: Path, device: str
@@ -609,8 +607,7 @@ class CriiWidget(QWidget):
         settings.update(self.extra_settings)
         init = None
         if self.continue_check.isChecked() and session.last_model is not None:
-            init = session.last_model
-            settings.update(self._model_shape_of(init))
+            init = session.last_model  # the backend builds the network this model has
         seconds = iterations = None
         if self.budget_unit.currentText() == "iterations":
             iterations = self.budget_spin.value()
@@ -630,19 +627,6 @@ class CriiWidget(QWidget):
             background_slices=sorted(session.background_slices),
             settings=settings,
         )
-
-    def _model_shape_of(self, path: Path) -> dict[str, object]:
-        """A warm start must build the same network as the model it starts from: the shape
-        settings of the rounds trained here are remembered, others are read from the file."""
-        if str(path) not in self._model_shape:
-            from training_backend.checkpoint import load_checkpoint
-
-            try:
-                config = load_checkpoint(path).config
-            except CriiError:
-                return {}
-            self._model_shape[str(path)] = model_shape(flat_settings(config))
-        return dict(self._model_shape[str(path)])
 
     def stop(self) -> None:
         """Ask training to stop after the current step; the model is saved."""
@@ -873,7 +857,6 @@ class CriiWidget(QWidget):
         if session is None:
             return False
         session.remember_model(path)
-        self._model_shape[str(path)] = model_shape(flat_settings(data.config))
         self.continue_check.setChecked(True)
         show_info(
             f"Loaded {Path(path).name}: {data.config.train.method}, {data.num_classes} classes, "

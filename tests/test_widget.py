@@ -223,17 +223,24 @@ def test_autosave_writes_the_annotations_only_when_they_changed(crii):
     assert not widget.autosave()
 
 
-def test_a_device_that_vanished_is_refused(crii, notes, monkeypatch):
-    import training_backend.devices
-
-    _, widget = crii
+def test_a_device_that_vanished_is_reported_and_nothing_is_lost(crii, qtbot, notes):
+    viewer, widget = crii
+    before = viewer.layers["phantom annotations"].data.copy()
     widget.device_combo.addItem("CUDA: a card that was unplugged", "cuda")
     widget.device_combo.setCurrentIndex(widget.device_combo.findData("cuda"))
-    monkeypatch.setattr(training_backend.devices, "available_devices", lambda: [("cpu", "CPU")])
-    assert not widget.train()
-    assert not widget.process.running
-    assert len(notes.error) == 1 and "'cuda' is no longer available" in notes.error[0]
-    assert widget.device_combo.currentData() == "cpu"
+    assert widget.train()
+    qtbot.waitUntil(lambda: not widget.process.running, timeout=ROUND_TIMEOUT_MS)
+    assert any("no CUDA GPU is available" in message for message in notes.error)
+    np.testing.assert_array_equal(viewer.layers["phantom annotations"].data, before)
+    assert widget.train_button.isEnabled()
+
+
+def test_devices_are_probed_in_a_child_process(crii, qtbot):
+    _, widget = crii
+    assert widget.device_combo.findData("auto") == 0 and widget.device_combo.findData("cpu") == 1
+    probe = widget._device_probe
+    qtbot.waitUntil(lambda: probe.state() == probe.ProcessState.NotRunning, timeout=60_000)
+    assert probe.exitCode() == 0 and probe.arguments()[-1] == "devices"
 
 
 def test_after_a_killed_round_the_next_one_works_and_its_notes_are_shown(crii, qtbot, notes):
