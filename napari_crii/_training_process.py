@@ -123,6 +123,7 @@ class TrainingProcess(QObject):
         self._error: Error | None = None
         self._stop_requested = False
         self._killed = False
+        self._started = False
         self._last_preview_request: int | None = None
         self._kill_timer = QTimer(self)
         self._kill_timer.setSingleShot(True)
@@ -158,7 +159,7 @@ class TrainingProcess(QObject):
         self._stderr.clear()
         self._stdout_rest = b""
         self._finished = self._error = None
-        self._stop_requested = self._killed = False
+        self._stop_requested = self._killed = self._started = False
         self._last_preview_request = None
         process = QProcess(self)
         environment = QProcessEnvironment.systemEnvironment()
@@ -196,7 +197,8 @@ class TrainingProcess(QObject):
         if not self._request_stop_file():
             self.kill()
             return
-        self._kill_timer.start(KILL_AFTER_STOP_MS)
+        if self._started:  # before that it may be importing torch or building the prior
+            self._kill_timer.start(KILL_AFTER_STOP_MS)
 
     def _request_stop_file(self) -> bool:
         if self._run_dir is None:
@@ -263,8 +265,11 @@ class TrainingProcess(QObject):
             self._finished = event
         elif isinstance(event, Error):
             self._error = event
-        elif isinstance(event, Started) and self._stop_requested:
-            self._request_stop_file()  # the command clears STOP when it starts: ask again
+        elif isinstance(event, Started):
+            self._started = True
+            if self._stop_requested:
+                self._request_stop_file()  # the command clears STOP when it starts: ask again
+                self._kill_timer.start(KILL_AFTER_STOP_MS)
         elif isinstance(event, Checkpoint) and self._stop_requested:
             self._kill_timer.stop()  # the model is saved; let it write its predictions
         self.received.emit(event)
