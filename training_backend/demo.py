@@ -98,15 +98,18 @@ def save_figure(path, image, truth, prediction, scores, annotated, suggestions, 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    candidates = [s for s, _ in suggestions] or [image.shape[axis] // 2]
-    index = candidates[0]
+    # an unannotated slice through the middle of the structure: where the network's work shows
+    other = tuple(a for a in range(3) if a != axis)
+    area = (truth > 0).sum(axis=other).astype(float)
+    area[list(annotated)] = -1.0
+    index = int(np.argmax(area))
     take = lambda volume: np.take(volume, index, axis=axis).T  # noqa: E731
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
     panels = [
         ("image", take(image), "gray", None),
         ("coarse", take(prediction.coarse), "viridis", (0, 2)),
         ("refined", take(prediction.refined), "viridis", (0, 2)),
-        ("hardness", take(prediction.hardness), "inferno", (0, 1)),
+        ("hardness", take(prediction.hardness), "inferno", (0, 0.5)),
     ]
     for ax, (title, data, cmap, limits) in zip(axes, panels, strict=False):
         ax.imshow(
@@ -126,7 +129,7 @@ def save_figure(path, image, truth, prediction, scores, annotated, suggestions, 
         ax.axvline(s, color="tab:green", lw=1.5)
     for s, v in suggestions:
         ax.plot(s, v, "o", color="tab:red")
-    ax.set_title("slice hardness: annotated (green), next (red)")
+    ax.set_title("slice hardness; annotated (green), next (red)", fontsize=9)
     ax.set_xlabel("axial slice")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
