@@ -17,6 +17,19 @@ from training_backend.trainer import TrainingJob, TrainingVolume
 HIPPOCAMPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippocampus"
 
 
+TINY_SETTINGS = {
+    "model.base_width": 8,
+    "model.refine_width": 8,
+    "model.levels": 3,
+    "loss.patch_size": 8,
+    "train.batch_size": 2,
+    "train.crop_size": 32,
+    "train.log_every": 1,
+    "train.preview_seconds": 0.05,
+}
+"""A small, fast network and loop as ``--set`` settings, for tests that run the command."""
+
+
 @pytest.fixture(scope="session")
 def hippocampus() -> Path:
     """The shared real MRI data; tests that need it skip where it is absent."""

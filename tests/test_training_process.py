@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("qtpy")
 pytest.importorskip("pytestqt")
 
+from conftest import TINY_SETTINGS
+
 from napari_crii._session import format_slices
 from napari_crii._training_process import (
     PREVIEW_SLICE_FILE,
@@ -23,17 +25,6 @@ from training_backend.events import Error, Finished, Prediction, Progress, Start
 from training_backend.io import Geometry, write_volume
 from training_backend.phantom import make_phantom
 from training_backend.simulate import sparse_labels, spread_slices
-
-TINY_SETTINGS = {
-    "model.base_width": 8,
-    "model.refine_width": 8,
-    "model.levels": 3,
-    "loss.patch_size": 8,
-    "train.batch_size": 2,
-    "train.crop_size": 32,
-    "train.log_every": 1,
-    "train.preview_seconds": 0.05,
-}
 
 
 @pytest.fixture(scope="module")

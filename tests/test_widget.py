@@ -13,21 +13,13 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from conftest import TINY_SETTINGS
+
 from napari_crii import _layers, _widget
 from napari_crii._sample_data import make_sample_data
 from napari_crii._session import annotated_slices
 from training_backend.events import Progress, Started
 
-TINY_SETTINGS = {
-    "model.base_width": 8,
-    "model.refine_width": 8,
-    "model.levels": 3,
-    "loss.patch_size": 8,
-    "train.batch_size": 2,
-    "train.crop_size": 32,
-    "train.log_every": 1,
-    "train.preview_seconds": 0.05,
-}
 ROUND_TIMEOUT_MS = 120_000
 
 
