@@ -25,7 +25,11 @@ def initialise(device: torch.device) -> None:
 
 
 def shutdown() -> None:
+    """Leave the group together: rank 0 may still be writing when the others finish, and a
+    rank that tears gloo down alone can abort its peers."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
