@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_crii._display import display_if_needed
+
 INTERVAL_MS = 5
 IDLE_SECONDS = 10.0
 TAIL_SECONDS = 1.0
@@ -156,18 +158,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    display = None
-    if not os.environ.get("DISPLAY"):
-        from pyvirtualdisplay import Display
-
-        display = Display(visible=False, size=(1600, 1000))
-        display.start()
     os.environ.setdefault("NAPARI_CRII_HOME", tempfile.mkdtemp(prefix="crii-bench-"))
-    try:
+    with display_if_needed():
         lines = measure(args)
-    finally:
-        if display is not None:
-            display.stop()
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -21,13 +21,17 @@ from pathlib import Path
 from qtpy.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from napari_crii._session import format_slices
-from training_backend.events import Checkpoint, Error, EventDecodeError, Finished, Started, decode
+from training_backend.events import (
+    PREVIEW_SLICE_FILE,
+    STOP_FILE,
+    Checkpoint,
+    Error,
+    EventDecodeError,
+    Finished,
+    Started,
+    decode,
+)
 
-# The names the trainer reads (training_backend.trainer.STOP_FILE / PREVIEW_SLICE_FILE); copied,
-# not imported, because the trainer imports torch and the napari process never needs it.
-# tests/test_training_process.py checks that they agree.
-STOP_FILE = "STOP"
-PREVIEW_SLICE_FILE = "PREVIEW_SLICE"
 KILL_AFTER_STOP_MS = 10_000
 STDERR_LINES_KEPT = 40
 LOG_FILE = "process.log"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_crii._display import display_if_needed
+
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW_SIZE = (1480, 920)
 LESION = 2
@@ -99,18 +101,9 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "napari-crii.png")
     args = parser.parse_args()
-    display = None
-    if not os.environ.get("DISPLAY"):
-        from pyvirtualdisplay import Display
-
-        display = Display(visible=False, size=(1600, 1000))
-        display.start()
     os.environ.setdefault("NAPARI_CRII_HOME", tempfile.mkdtemp(prefix="crii-screenshot-"))
-    try:
+    with display_if_needed():
         print(f"wrote {take(args)}")
-    finally:
-        if display is not None:
-            display.stop()
     return 0
 
 

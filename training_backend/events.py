@@ -11,6 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+STOP_FILE = "STOP"
+"""Created in the run folder by another process: stop after the current step."""
+PREVIEW_SLICE_FILE = "PREVIEW_SLICE"
+"""Written in the run folder by the viewer: the slice to preview next (an integer)."""
+
 
 @dataclass
 class Event:

@@ -25,6 +25,7 @@ from training_backend.config import CriiConfig
 from training_backend.devices import autocast_for, needs_grad_scaler, resolve_device
 from training_backend.errors import CriiError, TrainingError, VolumeError
 from training_backend.events import (
+    PREVIEW_SLICE_FILE,
     Checkpoint,
     Error,
     Event,
@@ -35,6 +36,9 @@ from training_backend.events import (
     Progress,
     Started,
     Suggestions,
+)
+from training_backend.events import (
+    STOP_FILE as STOP_FILE,  # re-exported: callers name the run folder's files from here
 )
 from training_backend.inference import predict_slices, predict_with_config, suggest_slices
 from training_backend.methods import build_method
@@ -49,8 +53,6 @@ from training_backend.volumes import (
 )
 
 MODEL_FILE = "model.pt"
-STOP_FILE = "STOP"
-PREVIEW_SLICE_FILE = "PREVIEW_SLICE"
 DEFAULT_PRIOR_RELIABILITY = 0.5
 MIN_SLICES_FOR_RELIABILITY = 4
 """Leave-one-out needs at least two inner annotated slices to say anything (3 gave ~0 on the
