@@ -68,6 +68,24 @@ def test_train_then_predict_writes_masks_in_the_input_geometry(case, tmp_path, c
     assert 0.0 <= hardness.min() and hardness.max() <= 1.0
 
 
+def test_predict_with_labels_finishes_the_mask_as_training_does(case, tmp_path):
+    image, labels, _, slices = case
+    assert main(train_args(case, tmp_path / "run")) == 0
+    mask_path = tmp_path / "mask.nii.gz"
+    code = main(["predict", "--model", str(tmp_path / "run" / "model.pt"), "--image", str(image),
+                 "--labels", str(labels), "--out", str(mask_path), "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    source = nib.load(str(image))
+    written = nib.load(str(mask_path))
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
+    mask = np.asarray(written.dataobj)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
+    painted = np.asarray(nib.load(str(labels)).dataobj)
+    # the shape prior of the annotated slices is their annotation, and the blend keeps it
+    np.testing.assert_array_equal(mask[slices], painted[slices])
+
+
 def test_events_on_stdout_parse_back_with_the_codec(case, tmp_path):
     command = [sys.executable, "-m", "training_backend"]
     command += train_args(case, tmp_path / "r", "--events", "-")

@@ -186,7 +186,7 @@ def test_a_failed_final_prediction_still_finishes_with_the_model(tiny_phantom, t
     def fails(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(trainer, "predict_with_config", fails)
+    monkeypatch.setattr(trainer, "predict_final", fails)
     job = tiny_job(tiny_phantom, tmp_path, iterations=2)
     job.predict_at_end = True
     events = run(job)

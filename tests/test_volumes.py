@@ -3,11 +3,14 @@ import pytest
 import torch
 
 from training_backend.volumes import (
+    Batch,
     BatchSampler,
     SliceVolume,
+    augment,
     context_stack,
     intensity_jitter,
     normalize_intensity,
+    random_affine,
     random_flips,
 )
 
@@ -103,3 +106,116 @@ def test_intensity_jitter_keeps_geometry_and_changes_values():
     assert view.shape == image.shape and not torch.allclose(view, image)
     correlation = torch.corrcoef(torch.stack([view.flatten(), image.flatten()]))[0, 1]
     assert correlation > 0.8
+
+
+def hand_batch(seed: int = 0, size: int = 4) -> Batch:
+    """A batch with a prior, block labels 0/2/5 (image channel 0 = labels) and padding."""
+    rng = np.random.default_rng(seed)
+    target = np.zeros((size, 16, 16), np.int64)
+    target[:, 2:9, 2:9] = 2
+    target[:, 8:14, 7:13] = 5
+    image = rng.normal(size=(size, 3, 16, 16)).astype(np.float32)
+    image[:, 0] = target
+    valid = np.zeros((size, 16, 16), bool)
+    valid[:, :14, :15] = True  # the rest is padding
+    label_mask = valid.copy()
+    label_mask[size // 2 :] = False  # unlabeled items
+    prior = rng.random((size, 3, 16, 16)).astype(np.float32)
+    prior /= prior.sum(axis=1, keepdims=True)
+    return Batch(
+        torch.from_numpy(image),
+        torch.from_numpy(target),
+        torch.from_numpy(label_mask),
+        torch.from_numpy(valid),
+        size // 2,
+        torch.from_numpy(prior),
+        torch.from_numpy(rng.random((size, 16, 16)).astype(np.float32)),
+    )
+
+
+FIELDS = ("image", "target", "label_mask", "valid", "prior", "prior_weight")
+
+
+def assert_batches_equal(a: Batch, b: Batch) -> None:
+    assert a.num_labeled == b.num_labeled
+    for name in FIELDS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_an_identity_affine_changes_nothing():
+    batch = hand_batch()
+    out = random_affine(batch, torch.Generator().manual_seed(0), degrees=0, scale=0, shift=0)
+    torch.testing.assert_close(out.image, batch.image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.prior, batch.prior, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.prior_weight, batch.prior_weight, atol=1e-5, rtol=0)
+    for name in ("target", "label_mask", "valid"):
+        assert torch.equal(getattr(out, name), getattr(batch, name)), name
+    assert out.num_labeled == batch.num_labeled
+
+
+def test_an_affine_keeps_shapes_dtypes_and_class_values():
+    batch = hand_batch()
+    before = {name: getattr(batch, name).clone() for name in FIELDS}
+    out = random_affine(batch, torch.Generator().manual_seed(1), degrees=15, scale=0.1, shift=0.1)
+    for name in FIELDS:
+        assert getattr(out, name).shape == before[name].shape, name
+        assert getattr(out, name).dtype == before[name].dtype, name
+        assert torch.equal(getattr(batch, name), before[name]), name  # input left alone
+    assert set(out.target.unique().tolist()) <= {0, 2, 5}  # nearest: no value in between
+    assert not (out.label_mask & ~out.valid).any()
+    assert not out.label_mask[batch.num_labeled :].any()
+    assert (~out.valid[:, :14, :15]).any()  # pixels brought in from outside are invalid
+    assert not torch.equal(out.target, batch.target)
+
+
+def test_an_affine_moves_labels_with_the_image():
+    batch = hand_batch(size=8)
+    out = random_affine(batch, torch.Generator().manual_seed(2))
+    inside = out.valid & (out.image[:, 0] == out.image[:, 0].round())  # away from block edges
+    agree = (out.image[:, 0].round().long() == out.target)[inside].float().mean()
+    assert agree > 0.97
+
+
+def test_an_affine_is_repeatable_with_the_seed():
+    batch = hand_batch()
+    first = random_affine(batch, torch.Generator().manual_seed(7))
+    again = random_affine(batch, torch.Generator().manual_seed(7))
+    other = random_affine(batch, torch.Generator().manual_seed(8))
+    assert_batches_equal(first, again)
+    assert not torch.equal(first.image, other.image)
+
+
+def test_augment_none_only_moves_the_batch():
+    batch = hand_batch()
+    generator = torch.Generator().manual_seed(0)
+    out = augment(batch, "none", generator, torch.device("cpu"))
+    assert_batches_equal(out, batch)
+    assert all(getattr(out, name).device.type == "cpu" for name in FIELDS)
+
+
+def test_augment_flips_only_flips():
+    batch = hand_batch(size=8)
+    out = augment(batch, "flips", torch.Generator().manual_seed(4), torch.device("cpu"))
+    assert_batches_equal(out, random_flips(batch, torch.Generator().manual_seed(4)))
+    choices = ([], [-2], [-1], [-2, -1])
+    for item in range(8):
+        matches = [
+            dims
+            for dims in choices
+            if all(
+                torch.equal(getattr(out, name)[item], torch.flip(getattr(batch, name)[item], dims))
+                for name in FIELDS
+            )
+        ]
+        assert matches, item
+
+
+@pytest.mark.parametrize("kind", ["affine", "affine+flips"])
+def test_augment_with_an_affine_is_the_default_warp(kind):
+    batch = hand_batch()
+    out = augment(batch, kind, torch.Generator().manual_seed(5), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(5)
+    expected = random_flips(batch, generator) if "flips" in kind else batch
+    assert_batches_equal(out, random_affine(expected, generator))
+    assert not torch.equal(out.image, batch.image)
+    assert set(out.target.unique().tolist()) <= {0, 2, 5}

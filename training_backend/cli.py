@@ -21,7 +21,12 @@ from training_backend.config import DEVICES, METHODS, CriiConfig
 from training_backend.devices import resolve_device
 from training_backend.errors import AnnotationError, ConfigError, CriiError
 from training_backend.events import Error, Event, encode
-from training_backend.inference import load_model, predict_with_config, suggest_slices
+from training_backend.inference import (
+    load_model,
+    predict_final,
+    predict_with_config,
+    suggest_slices,
+)
 from training_backend.io import (
     Volume,
     default_slice_axis,
@@ -106,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at the end, write whole-volume predictions and suggestions (.npy)",
     )
-    t.add_argument("--no-mixed-precision", action="store_true", help="train in float32 on CUDA too")
+    t.add_argument(
+        "--no-mixed-precision",
+        action="store_true",
+        help="train in float32 (mixed precision is used on CUDA and on CPUs with native bf16)",
+    )
 
     p = commands.add_parser("predict", help="segment a volume with a trained model")
     p.add_argument("--model", required=True, type=Path)
@@ -120,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "classes as (K, ...)",
     )
     p.add_argument("--hardness", type=Path, help="also write the hard-boundary map")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="the annotations the model was trained from: the mask then gets the same "
+        "finishing as at the end of training (shape prior, components; see predict settings)",
+    )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--axis", type=int, choices=(0, 1, 2))
 
@@ -408,7 +423,18 @@ def run_predict(args: argparse.Namespace) -> int:
     volume = read_checked(args.image)
     axis = _prediction_axis(args.axis, data.axis, volume)
     _check_prediction_memory(volume, data.config)
-    prediction = predict_with_config(model, data.config, volume.array, axis, device)
+    annotation = None
+    if args.labels is not None:
+        annotation = SparseAnnotation.from_labels(
+            read_volume(args.labels).array,
+            volume.array.shape,
+            axis,
+            num_classes=data.num_classes,
+            source=str(args.labels),
+        )
+    prediction = predict_final(
+        model, data.config, volume.array, axis, device, annotation, volume.geometry.zooms
+    )
     written = [write_volume(args.out, prediction.refined, volume.geometry)]
     if args.coarse:
         written.append(write_volume(args.coarse, prediction.coarse, volume.geometry))

@@ -13,6 +13,7 @@ METHODS = ("crii", "supervised", "mean-teacher")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TEACHERS = ("self", "ema")
 ORIENTATIONS = ("slice", "all")
+AUGMENTATIONS = ("none", "affine", "flips", "affine+flips")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainConfig:
     crop_size: int = 128
     context: int = 1
     orientations: str = "slice"
+    augment: str = "affine"
     axis: int | None = None
     device: str = "auto"
     mixed_precision: bool = True
@@ -67,12 +69,27 @@ class TrainConfig:
 
 
 @dataclass
+class PredictConfig:
+    """How the network's output becomes the final mask (training_backend.postprocess).
+
+    ``prior_blend`` is the weight of the shape prior of the annotated slices in a late average
+    with the network's probabilities; it applies to ``crii`` with ``loss.use_prior`` (the
+    prior is part of that method). ``keep_annotated_components`` drops, per class, 3D
+    components that touch no annotated voxel of the class.
+    """
+
+    prior_blend: float = 0.5
+    keep_annotated_components: bool = True
+
+
+@dataclass
 class CriiConfig:
     """Everything a run needs to be repeated."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +99,12 @@ class CriiConfig:
         """Build from a plain dict; unknown keys are an error naming the valid ones."""
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
-        parts = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
+        parts = {
+            "model": ModelConfig,
+            "loss": LossConfig,
+            "train": TrainConfig,
+            "predict": PredictConfig,
+        }
         unknown = set(data) - set(parts)
         if unknown:
             raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {sorted(parts)}")
@@ -139,8 +161,17 @@ class CriiConfig:
                 f"({2 * t.context + 1})"
             )
         _choice("train.orientations", t.orientations, ORIENTATIONS)
+        _choice("train.augment", t.augment, AUGMENTATIONS)
         if t.axis is not None:
             _int_in("train.axis", t.axis, 0, 2)
+        _float_in("predict.prior_blend", self.predict.prior_blend, 0.0, 1.0)
+        for name, value in (
+            ("loss.use_prior", lo.use_prior),
+            ("train.mixed_precision", t.mixed_precision),
+            ("predict.keep_annotated_components", self.predict.keep_annotated_components),
+        ):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
         _float_in("train.preview_seconds", t.preview_seconds, 0.0, 3600.0)
         _int_in("train.checkpoint_every", t.checkpoint_every, 1, 10_000_000)
         _int_in("train.log_every", t.log_every, 1, 1_000_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from training_backend import losses
+from training_backend.annotations import SparseAnnotation
 from training_backend.checkpoint import CheckpointData, load_checkpoint
 from training_backend.config import CriiConfig, LossConfig
 from training_backend.devices import autocast_for
 from training_backend.model import CRIINet, build_model
+from training_backend.postprocess import blend_with_prior, keep_annotated_components
 from training_backend.volumes import context_stack, normalize_intensity, round_up
 
 
@@ -172,6 +175,45 @@ def predict_with_config(
         loss_config=config.loss,
         all_orientations=config.train.orientations == "all",
     )
+
+
+def predict_final(
+    model: CRIINet,
+    config: CriiConfig,
+    image: np.ndarray,
+    axis: int,
+    device: torch.device,
+    annotation: SparseAnnotation | None = None,
+    spacing: tuple[float, float, float] | None = None,
+) -> VolumePrediction:
+    """The mask a person sees: :func:`predict_with_config`, then :func:`finish_prediction`."""
+    prediction = predict_with_config(model, config, image, axis, device)
+    return finish_prediction(prediction, config, axis, annotation, spacing)
+
+
+def finish_prediction(
+    prediction: VolumePrediction,
+    config: CriiConfig,
+    axis: int,
+    annotation: SparseAnnotation | None,
+    spacing: tuple[float, float, float] | None = None,
+) -> VolumePrediction:
+    """When the annotation of the image is known: the late average with its shape prior
+    (``crii`` with the prior) and the removal of components that touch no annotated voxel
+    (``config.predict``). Coarse labels and hardness stay the network's own. Returns a new
+    prediction; ``prediction`` is left as it was."""
+    if annotation is None or annotation.axis != axis or not annotation.annotated.any():
+        return prediction
+    settings = config.predict
+    probabilities, refined = prediction.probabilities, prediction.refined
+    if config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0:
+        probabilities = blend_with_prior(
+            probabilities.copy(), annotation, settings.prior_blend, spacing
+        )
+        refined = probabilities.argmax(0).astype(np.uint8)
+    if settings.keep_annotated_components:
+        refined = keep_annotated_components(refined, annotation)
+    return dataclasses.replace(prediction, probabilities=probabilities, refined=refined)
 
 
 def suggest_slices(

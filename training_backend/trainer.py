@@ -40,15 +40,15 @@ from training_backend.events import (
 from training_backend.events import (
     STOP_FILE as STOP_FILE,  # re-exported: callers name the run folder's files from here
 )
-from training_backend.inference import predict_slices, predict_with_config, suggest_slices
+from training_backend.inference import predict_final, predict_slices, suggest_slices
 from training_backend.methods import build_method
 from training_backend.model import build_model
 from training_backend.prior import leave_one_out_reliability, shape_prior
 from training_backend.volumes import (
     BatchSampler,
     SliceVolume,
+    augment,
     normalize_intensity,
-    random_flips,
     slice_major,
 )
 
@@ -328,7 +328,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         if stop_flag:
             reason = "stopped" if job.stop.requested else "budget"
             break
-        batch = random_flips(sampler.sample(), generator).to(device)
+        batch = augment(sampler.sample(), tc.augment, generator, device)
         optimizer.param_groups[0]["lr"] = tc.learning_rate * (1.0 - 0.9 * progress)
         out_of_memory = False
         try:
@@ -474,7 +474,9 @@ def _preview(model, volume, index, context, device, run_dir, iteration, autocast
 
 def _predict_outputs(job, model, config, axis, run_dir, device) -> Iterator[Event]:
     first = next(v for v in job.volumes if v.annotation is not None)
-    prediction = predict_with_config(model, config, first.image, axis, device)
+    prediction = predict_final(
+        model, config, first.image, axis, device, first.annotation, first.spacing
+    )
     paths = {}
     for name in ("refined", "coarse", "hardness", "probabilities"):
         paths[name] = str(_atomic_save_npy(run_dir / f"{name}.npy", getattr(prediction, name)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from training_backend.errors import VolumeError
 
@@ -291,3 +293,65 @@ def intensity_jitter(
     view = lambda t: t.view(size, 1, 1, 1)  # noqa: E731
     out = view(contrast) * image + view(brightness) + view(curvature) * image * image.abs()
     return out + view(noise_level) * noise
+
+
+def random_affine(
+    batch: Batch,
+    generator: torch.Generator,
+    degrees: float = 15.0,
+    scale: float = 0.1,
+    shift: float = 0.05,
+) -> Batch:
+    """Rotate (up to ``degrees``), scale (by up to ``1 ± scale``) and shift (up to ``shift`` of
+    the plane) each item at random, everything of an item by the same transform: the image and
+    the prior bilinearly, labels and masks by nearest neighbour. Pixels brought in from
+    outside the plane are invalid and unlabeled. Unlike flips, small rotations keep which side
+    is anterior, so class names that depend on position (anterior / posterior) stay right.
+    Random numbers come from the CPU generator; the work runs on the batch's device.
+    """
+    size = batch.image.shape[0]
+    device = batch.image.device
+    draw = (torch.rand(size, 4, generator=generator) * 2.0 - 1.0).to(device)
+    angle = draw[:, 0] * math.radians(degrees)
+    zoom = 1.0 + draw[:, 1] * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, draw[:, 2] * 2.0 * shift], dim=1),
+            torch.stack([sin, cos, draw[:, 3] * 2.0 * shift], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(batch.image.shape), align_corners=False)
+
+    def warp(t: torch.Tensor | None, mode: str) -> torch.Tensor | None:
+        if t is None:
+            return None
+        lead = t.dim() == 3  # (B, H, W) -> (B, 1, H, W)
+        source = t.unsqueeze(1) if lead else t
+        out = F.grid_sample(source.float(), grid, mode=mode, padding_mode="zeros",
+                            align_corners=False)  # fmt: skip
+        out = out.squeeze(1) if lead else out
+        return out.to(t.dtype) if not t.dtype.is_floating_point else out
+
+    valid = warp(batch.valid, "nearest")
+    return Batch(
+        warp(batch.image, "bilinear").contiguous(memory_format=torch.channels_last),
+        warp(batch.target, "nearest"),
+        warp(batch.label_mask, "nearest") & valid,
+        valid,
+        batch.num_labeled,
+        warp(batch.prior, "bilinear"),
+        warp(batch.prior_weight, "bilinear"),
+    )
+
+
+def augment(batch: Batch, kind: str, generator: torch.Generator, device: torch.device) -> Batch:
+    """The training augmentation ``kind`` (``train.augment``), the batch moved to ``device``.
+    Flips happen on the CPU; the affine warp on ``device``."""
+    if "flips" in kind:
+        batch = random_flips(batch, generator)
+    batch = batch.to(device)
+    if "affine" in kind:
+        batch = random_affine(batch, generator)
+    return batch

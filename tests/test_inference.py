@@ -1,0 +1,150 @@
+"""The final mask: training_backend.inference.finish_prediction and predict_final."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from training_backend.annotations import SparseAnnotation
+from training_backend.config import CriiConfig
+from training_backend.inference import (
+    VolumePrediction,
+    finish_prediction,
+    predict_final,
+    predict_with_config,
+)
+from training_backend.model import build_model
+from training_backend.postprocess import blend_with_prior, keep_annotated_components
+
+SHAPE = (8, 12, 12)
+
+
+def make_config(method: str = "crii", **predict: object) -> CriiConfig:
+    config = CriiConfig()
+    config.model.num_classes = 3
+    config.train.method = method
+    for key, value in predict.items():
+        setattr(config.predict, key, value)
+    return config.validate()
+
+
+@pytest.fixture()
+def annotation() -> SparseAnnotation:
+    """Class 1 painted on slices 1 and 5 (rows/cols 3:7); class 2 never painted."""
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[1, 3:7, 3:7] = 1
+    labels[5, 3:7, 3:7] = 1
+    return SparseAnnotation.from_labels(labels, SHAPE, 0, num_classes=3)
+
+
+@pytest.fixture()
+def prediction() -> VolumePrediction:
+    """A network's guess: the painted blob, a false class-1 blob in a corner, noise around."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 0.3, size=(3, *SHAPE)).astype(np.float32)
+    logits[0] += 1.0
+    logits[1, 0:7, 3:7, 3:7] += 3.0  # the annotated structure
+    logits[1, 6:8, 9:12, 9:12] += 3.0  # a false blob, apart from it
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0, keepdims=True)
+    refined = probabilities.argmax(0).astype(np.uint8)
+    return VolumePrediction(
+        refined=refined,
+        coarse=refined.copy(),
+        probabilities=probabilities.astype(np.float32),
+        hardness=rng.random(SHAPE).astype(np.float32),
+    )
+
+
+def copy_of(prediction: VolumePrediction) -> VolumePrediction:
+    return VolumePrediction(
+        prediction.refined.copy(),
+        prediction.coarse.copy(),
+        prediction.probabilities.copy(),
+        prediction.hardness.copy(),
+    )
+
+
+def assert_same(a: VolumePrediction, b: VolumePrediction) -> None:
+    np.testing.assert_array_equal(a.refined, b.refined)
+    np.testing.assert_array_equal(a.coarse, b.coarse)
+    np.testing.assert_array_equal(a.probabilities, b.probabilities)
+    np.testing.assert_array_equal(a.hardness, b.hardness)
+
+
+def test_crii_with_the_prior_blends_then_cleans_components(prediction, annotation):
+    config = make_config("crii", prior_blend=0.5)
+    before = copy_of(prediction)
+    out = finish_prediction(prediction, config, 0, annotation)
+    expected = blend_with_prior(before.probabilities.copy(), annotation, 0.5)
+    np.testing.assert_allclose(out.probabilities, expected, atol=1e-6)
+    assert not np.allclose(out.probabilities, before.probabilities)
+    argmax = out.probabilities.argmax(0).astype(np.uint8)
+    np.testing.assert_array_equal(out.refined, keep_annotated_components(argmax, annotation))
+    assert not out.refined[6:8, 9:12, 9:12].any()  # the false blob is gone
+    np.testing.assert_array_equal(out.refined[[1, 5]], annotation.labels[[1, 5]])
+    np.testing.assert_array_equal(out.coarse, before.coarse)  # the network's own
+    np.testing.assert_array_equal(out.hardness, before.hardness)
+    assert_same(prediction, before)  # the original is left as it was
+
+
+def test_the_blend_uses_the_spacing(prediction, annotation):
+    config = make_config("crii", prior_blend=1.0)
+    spacing = (3.0, 0.5, 0.5)
+    out = finish_prediction(prediction, config, 0, annotation, spacing)
+    expected = blend_with_prior(prediction.probabilities.copy(), annotation, 1.0, spacing)
+    np.testing.assert_allclose(out.probabilities, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean-teacher"])
+def test_other_methods_get_no_blend_but_clean_components(prediction, annotation, method):
+    config = make_config(method, prior_blend=0.5)
+    before = copy_of(prediction)
+    out = finish_prediction(prediction, config, 0, annotation)
+    np.testing.assert_array_equal(out.probabilities, before.probabilities)
+    expected = keep_annotated_components(before.refined, annotation)
+    np.testing.assert_array_equal(out.refined, expected)
+    assert before.refined[6:8, 9:12, 9:12].any() and not out.refined[6:8, 9:12, 9:12].any()
+    assert_same(prediction, before)
+
+
+def test_crii_without_the_prior_gets_no_blend(prediction, annotation):
+    config = make_config("crii", prior_blend=0.5)
+    config.loss.use_prior = False
+    out = finish_prediction(prediction, config, 0, annotation)
+    np.testing.assert_array_equal(out.probabilities, prediction.probabilities)
+    expected = keep_annotated_components(prediction.refined, annotation)
+    np.testing.assert_array_equal(out.refined, expected)
+
+
+def test_nothing_to_do_when_both_steps_are_off(prediction, annotation):
+    config = make_config("crii", prior_blend=0.0, keep_annotated_components=False)
+    before = copy_of(prediction)
+    assert_same(finish_prediction(prediction, config, 0, annotation), before)
+    config = make_config("supervised", prior_blend=0.5, keep_annotated_components=False)
+    assert_same(finish_prediction(prediction, config, 0, annotation), before)
+
+
+def test_no_annotation_or_another_axis_gives_the_prediction_back(prediction, annotation):
+    config = make_config("crii", prior_blend=0.5)
+    before = copy_of(prediction)
+    assert finish_prediction(prediction, config, 0, None) is prediction
+    assert finish_prediction(prediction, config, 1, annotation) is prediction
+    assert_same(prediction, before)
+
+
+def test_predict_final_is_the_prediction_then_the_finishing(tiny_phantom):
+    phantom, labels, slices = tiny_phantom
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = build_model(config.model).eval()
+    device = torch.device("cpu")
+    annotation = SparseAnnotation.from_labels(labels, phantom.image.shape, 0, num_classes=3)
+    raw = predict_with_config(model, config, phantom.image, 0, device)
+    assert_same(predict_final(model, config, phantom.image, 0, device), raw)
+    final = predict_final(model, config, phantom.image, 0, device, annotation, phantom.spacing)
+    expected = finish_prediction(raw, config, 0, annotation, phantom.spacing)
+    assert_same(final, expected)
+    assert final.refined.shape == phantom.image.shape and final.refined.dtype == np.uint8
+    np.testing.assert_array_equal(final.refined[slices], labels[slices])

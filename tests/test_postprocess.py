@@ -1,0 +1,160 @@
+"""The finishing of a prediction (training_backend.postprocess) on small hand-made volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training_backend.annotations import SparseAnnotation
+from training_backend.postprocess import blend_with_prior, keep_annotated_components
+from training_backend.prior import shape_prior
+
+SHAPE = (8, 12, 12)
+
+
+def annotation_with(slices: dict[int, np.ndarray], num_classes: int = 3) -> SparseAnnotation:
+    """An annotation along axis 0 holding the given painted planes."""
+    labels = np.zeros(SHAPE, np.uint8)
+    for z, plane in slices.items():
+        labels[z] = plane
+    return SparseAnnotation.from_labels(labels, SHAPE, 0, num_classes=num_classes)
+
+
+def square(value: int, rows: slice, cols: slice) -> np.ndarray:
+    plane = np.zeros(SHAPE[1:], np.uint8)
+    plane[rows, cols] = value
+    return plane
+
+
+def random_probabilities(num_classes: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    raw = rng.random((num_classes, *SHAPE)).astype(np.float32) + 0.05
+    return raw / raw.sum(axis=0, keepdims=True)
+
+
+# keep_annotated_components ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def painted() -> SparseAnnotation:
+    """Class 1 painted on slice 2 at rows/cols 3:6; class 2 is never painted."""
+    return annotation_with({2: square(1, slice(3, 6), slice(3, 6))})
+
+
+def test_a_blob_touching_an_annotated_voxel_is_kept_and_a_separate_one_removed(painted):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0:5, 3:6, 3:6] = 1  # crosses the annotated slice where class 1 is painted
+    labels[5:8, 8:11, 8:11] = 1  # same class, no annotated voxel of it
+    out = keep_annotated_components(labels, painted)
+    expected = labels.copy()
+    expected[5:8, 8:11, 8:11] = 0
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_a_blob_on_an_annotated_slice_where_the_class_was_not_painted_is_removed(painted):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[1:4, 3:6, 3:6] = 1
+    labels[2, 8:11, 8:11] = 1  # on the annotated slice, but painted as background there
+    out = keep_annotated_components(labels, painted)
+    assert not out[2, 8:11, 8:11].any()
+    np.testing.assert_array_equal(out[1:4, 3:6, 3:6], 1)
+
+
+def test_a_class_absent_from_the_annotation_is_untouched(painted):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0:5, 3:6, 3:6] = 1
+    labels[0:2, 8:11, 0:3] = 2  # two separate class-2 blobs; class 2 never painted
+    labels[6:8, 8:11, 8:11] = 2
+    out = keep_annotated_components(labels, painted)
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_a_single_component_is_untouched_even_off_the_annotation(painted):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[5:8, 8:11, 8:11] = 1  # the only class-1 component, touching no painted voxel
+    np.testing.assert_array_equal(keep_annotated_components(labels, painted), labels)
+
+
+def test_components_are_6_connected_and_every_anchored_one_is_kept():
+    annotation = annotation_with(
+        {2: square(1, slice(0, 3), slice(0, 3)) + square(1, slice(8, 11), slice(8, 11))}
+    )
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0:4, 0:3, 0:3] = 1  # anchored
+    labels[1:5, 8:11, 8:11] = 1  # anchored as well: not only the largest survives
+    labels[4, 3, 3] = 1  # touches the first blob only at a corner: a component of its own
+    out = keep_annotated_components(labels, annotation)
+    assert out[0:4, 0:3, 0:3].all() and out[1:5, 8:11, 8:11].all()
+    assert out[4, 3, 3] == 0
+
+
+def test_keep_components_leaves_its_input_alone(painted):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0:5, 3:6, 3:6] = 1
+    labels[5:8, 8:11, 8:11] = 1
+    before = labels.copy()
+    out = keep_annotated_components(labels, painted)
+    np.testing.assert_array_equal(labels, before)
+    assert out is not labels and out.dtype == labels.dtype and out.shape == labels.shape
+
+
+# blend_with_prior ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def two_slices() -> SparseAnnotation:
+    """Class 1 on slices 1 and 6 (a growing square), class 2 beside it on slice 1."""
+    first = square(1, slice(3, 6), slice(3, 6)) + square(2, slice(8, 11), slice(1, 4))
+    return annotation_with({1: first, 6: square(1, slice(2, 8), slice(2, 8))})
+
+
+def test_weight_zero_returns_the_probabilities_unchanged(two_slices):
+    probabilities = random_probabilities()
+    before = probabilities.copy()
+    out = blend_with_prior(probabilities, two_slices, 0.0)
+    np.testing.assert_array_equal(out, before)
+
+
+def test_weight_one_gives_the_prior_and_the_annotation_on_annotated_slices(two_slices):
+    probabilities = random_probabilities()
+    spacing = (2.0, 1.0, 1.0)
+    out = blend_with_prior(probabilities, two_slices, 1.0, spacing)
+    prior = shape_prior(
+        two_slices.labels, two_slices.annotated, 0, 3, extrapolate=True, spacing=spacing
+    )
+    np.testing.assert_allclose(out, prior.probabilities, atol=1e-6)
+    for z in two_slices.annotated_indices:
+        one_hot = np.arange(3)[:, None, None] == two_slices.labels[z][None]
+        np.testing.assert_allclose(out[:, z], one_hot.astype(np.float32), atol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [0.25, 0.5, 0.9])
+def test_the_blend_is_a_distribution_between_the_two(two_slices, weight):
+    probabilities = random_probabilities(seed=1)
+    before = probabilities.copy()
+    out = blend_with_prior(probabilities, two_slices, weight)
+    assert out.shape == probabilities.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-5)
+    assert out.min() >= 0.0
+    prior = shape_prior(two_slices.labels, two_slices.annotated, 0, 3, extrapolate=True)
+    expected = (1.0 - weight) * before + weight * prior.probabilities
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    np.testing.assert_array_equal(probabilities, before)  # the input is left as it was
+
+
+def test_without_an_annotated_slice_the_blend_changes_nothing():
+    empty = SparseAnnotation(
+        labels=np.zeros(SHAPE, np.int64), axis=0, annotated=np.zeros(SHAPE[0], bool), num_classes=3
+    )
+    probabilities = random_probabilities()
+    before = probabilities.copy()
+    np.testing.assert_array_equal(blend_with_prior(probabilities, empty, 0.5), before)
+
+
+def test_the_blend_follows_the_annotation_axis():
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[:, 4, 2:9] = 1  # painted on plane 4 along axis 1
+    annotation = SparseAnnotation.from_labels(labels, SHAPE, 1, num_classes=2)
+    probabilities = random_probabilities(num_classes=2, seed=2)
+    out = blend_with_prior(probabilities, annotation, 1.0)
+    np.testing.assert_allclose(out[1, :, 4, :], labels[:, 4, :].astype(np.float32), atol=1e-6)

@@ -1,0 +1,59 @@
+"""What turns the network's probabilities into the mask a person sees (docs/method.md).
+
+- :func:`blend_with_prior`: a late average with the soft shape prior interpolated from the
+  annotated slices. It keeps the network's detail inside the annotated range and stops it
+  from inventing structure far beyond the outermost annotated slices.
+- :func:`keep_annotated_components`: per class, drop the 3D connected components that touch
+  no annotated voxel of that class (false blobs). Components are kept, not only the largest
+  one: the largest once picked a false blob and zeroed a class on hippocampus.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from training_backend.annotations import SparseAnnotation
+from training_backend.prior import shape_prior
+
+
+def blend_with_prior(
+    probabilities: np.ndarray,
+    annotation: SparseAnnotation,
+    weight: float,
+    spacing: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """``(1 - weight) * probabilities + weight * prior`` over ``(K, *shape)`` float32."""
+    if weight <= 0.0 or not annotation.annotated.any():
+        return probabilities
+    prior = shape_prior(
+        annotation.labels,
+        annotation.annotated,
+        annotation.axis,
+        probabilities.shape[0],
+        extrapolate=True,
+        spacing=spacing,
+    )
+    blended = prior.probabilities
+    blended *= weight
+    blended += (1.0 - weight) * probabilities
+    return blended
+
+
+def keep_annotated_components(labels: np.ndarray, annotation: SparseAnnotation) -> np.ndarray:
+    """``labels`` without the components of each class that no annotated voxel of that class
+    touches. A class the annotation never shows is left as it is (nothing to anchor it)."""
+    out = np.array(labels, copy=True)
+    planes = [slice(None)] * 3
+    planes[annotation.axis] = annotation.annotated
+    painted = annotation.labels[tuple(planes)]
+    structure = ndimage.generate_binary_structure(3, 1)
+    for k in np.unique(labels):
+        if k == 0 or not np.any(painted == k):
+            continue
+        components, count = ndimage.label(labels == k, structure=structure)
+        if count <= 1:
+            continue
+        anchored = np.unique(components[tuple(planes)][painted == k])
+        out[(components > 0) & ~np.isin(components, anchored[anchored > 0])] = 0
+    return out
