@@ -18,7 +18,7 @@ from training_backend.console import ConsoleReporter
 from training_backend.devices import resolve_device
 from training_backend.errors import TrainingError
 from training_backend.events import Error, Finished
-from training_backend.inference import load_model, predict_with_config, suggest_slices
+from training_backend.inference import load_model, predict_final, suggest_slices
 from training_backend.io import write_volume
 from training_backend.metrics import dice_per_class
 from training_backend.phantom import phantom_as_nifti
@@ -66,7 +66,9 @@ def run_demo(out: Path, seconds: float = 60.0, device: str = "auto", seed: int =
             model_path = event.model_path
     torch_device = resolve_device(device)
     model, _ = load_model(model_path, torch_device)
-    prediction = predict_with_config(model, config, image, axis, torch_device)
+    prediction = predict_final(
+        model, config, image, axis, torch_device, annotation, geometry.zooms
+    )
     for name in ("refined", "coarse", "hardness"):
         write_volume(out / f"{name}.nii.gz", getattr(prediction, name), geometry)
     scores = prediction.slice_scores(axis)

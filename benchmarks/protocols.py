@@ -1,0 +1,372 @@
+"""The protocols of the real-data benchmark (issue: prove it on real data).
+
+Each protocol yields one result row (a JSON-ready dict) per volume and configuration; the
+runner (:mod:`benchmarks.real_data`) writes them as they come and skips rows already written,
+so a long run can be interrupted and resumed without losing anything.
+
+Equal wall-clock budget: every learned method gets ``budget_seconds * rate`` iterations, with
+its rate (iterations per second) measured side by side with the others on the same machine
+(:func:`calibrate`). A method that needs two passes per step pays for them, and the figures
+do not depend on what else the machine was doing while the benchmark ran. The
+equal-iteration comparison gives every method the iterations of ``supervised``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator, Set
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.cases import AXIAL, Case, fully_labeled, load_case, painted, split_names
+from benchmarks.runs import (
+    INTERPOLATION_METHODS,
+    Trained,
+    interpolate_case,
+    make_config,
+    predict_case,
+    score,
+    train_round,
+)
+from training_backend.inference import suggest_slices
+from training_backend.postprocess import blend_with_prior, keep_annotated_components
+from training_backend.simulate import spread_slices
+from training_backend.trainer import TrainingVolume
+
+LEARNED = ("crii", "supervised", "mean-teacher")
+
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "crii": {},
+    "no-intra-prl": {"loss.lambda_intra": 0.0},
+    "no-inter-prl": {"loss.lambda_inter": 0.0},
+    "no-consistency": {"loss.lambda_cr_max": 0.0},
+    "no-shape-prior": {"loss.use_prior": False},
+    "no-late-prior-blend": {"predict.prior_blend": 0.0},
+    "ema-teacher": {"loss.teacher": "ema"},
+}
+"""``crii`` with one part taken out (or swapped), at the iterations of ``crii``."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How much of the data, how many seeds and how long each round."""
+
+    name: str
+    test_cases: int
+    seeds: tuple[int, ...]
+    slice_counts: tuple[int, ...]
+    budget_seconds: float
+    ablation_cases: int
+    next_cases: int
+    next_rounds: int
+    next_budget_seconds: float
+    dataset_labeled: int
+    dataset_eval_cases: int
+    dataset_budget_seconds: float
+    equal_iteration_counts: tuple[int, ...]
+    """Slice counts at which the equal-iteration comparison is also run."""
+
+
+SETTINGS = {
+    # quick: a subset of full with the same budgets, so its rows are full's rows for its cases
+    "quick": Setting(
+        name="quick",
+        test_cases=3,
+        seeds=(0,),
+        slice_counts=(2, 3, 5),
+        budget_seconds=15.0,
+        ablation_cases=3,
+        next_cases=2,
+        next_rounds=3,
+        next_budget_seconds=10.0,
+        dataset_labeled=8,
+        dataset_eval_cases=8,
+        dataset_budget_seconds=40.0,
+        equal_iteration_counts=(3,),
+    ),
+    "full": Setting(
+        name="full",
+        test_cases=52,
+        seeds=(0, 1, 2),
+        slice_counts=(2, 3, 5),
+        budget_seconds=15.0,
+        ablation_cases=20,
+        next_cases=20,
+        next_rounds=3,
+        next_budget_seconds=10.0,
+        dataset_labeled=8,
+        dataset_eval_cases=52,
+        dataset_budget_seconds=300.0,
+        equal_iteration_counts=(2, 3),
+    ),
+}
+
+
+@dataclass
+class Rates:
+    """Per method: training iterations per second, and the fixed seconds a round costs before
+    its first step (data preparation, the shape prior), measured side by side."""
+
+    per_method: dict[str, float]
+    setup_seconds: dict[str, float]
+    case: str
+    slices: int
+
+    def iterations(self, method: str, seconds: float) -> int:
+        """Iterations that fit in ``seconds`` of wall-clock time, setup included."""
+        usable = seconds - self.setup_seconds[method]
+        return max(1, round(self.per_method[method] * usable))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "iterations_per_second": {m: round(r, 3) for m, r in self.per_method.items()},
+            "setup_seconds": {m: round(s, 3) for m, s in self.setup_seconds.items()},
+            "case": self.case,
+            "slices": self.slices,
+        }
+
+
+def calibrate(run_dir: Path, case_name: str, slice_count: int = 3, repeats: int = 2) -> Rates:
+    """Time rounds of 20 and 80 iterations of each learned method, interleaved, ``repeats``
+    times after a warm-up: the slope is the rate, the intercept the setup. Medians."""
+    case = load_case(case_name)
+    _, annotation = painted(case, spread_slices(case.truth, AXIAL, slice_count))
+    volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
+    short, long = 20, 80
+    rates: dict[str, list[float]] = {m: [] for m in LEARNED}
+    setups: dict[str, list[float]] = {m: [] for m in LEARNED}
+    for repeat in range(repeats + 1):
+        for method in LEARNED:
+            seconds = [
+                train_round(make_config(method, n, 0), [volume], run_dir / "rate").train_seconds
+                for n in (short, long)
+            ]
+            if repeat:  # the first pass warms caches and the allocator
+                rate = (long - short) / max(seconds[1] - seconds[0], 1e-6)
+                rates[method].append(rate)
+                setups[method].append(max(0.0, seconds[0] - short / rate))
+    return Rates(
+        {m: statistics.median(v) for m, v in rates.items()},
+        {m: statistics.median(v) for m, v in setups.items()},
+        case_name,
+        slice_count,
+    )
+
+
+def planned_key(protocol: str, case: str, method: str, **fields: Any) -> tuple:
+    """The key :func:`benchmarks.real_data.row_key` will give the row these fields make."""
+    from benchmarks.real_data import row_key
+
+    return row_key({"protocol": protocol, "case": case, "method": method, **fields})
+
+
+def _row(protocol: str, case: Case, method: str, **fields: Any) -> dict[str, Any]:
+    return {"protocol": protocol, "case": case.name, "method": method, **fields}
+
+
+def _learned_row(protocol, case, method, predicted, trained: Trained, **fields):
+    return _row(
+        protocol,
+        case,
+        method,
+        iterations=trained.iterations,
+        train_seconds=round(trained.train_seconds, 2),
+        predict_seconds=round(predicted.seconds, 3),
+        round_seconds=round(trained.train_seconds + predicted.seconds, 2),
+        **fields,
+        **score(predicted.labels, case),
+    )
+
+
+def interactive(
+    setting: Setting, rates: Rates, run_dir: Path, skip: Set[tuple] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """k annotated axial slices per test volume; every method at the same wall-clock budget,
+    and at equal iterations for ``setting.equal_iteration_counts``; interpolation beside."""
+    for name in split_names("test")[: setting.test_cases]:
+        case = load_case(name)
+        for k in setting.slice_counts:
+            slices = spread_slices(case.truth, AXIAL, k)
+            labels, annotation = painted(case, slices)
+            common = {"k": k, "slices": slices}
+            for method in INTERPOLATION_METHODS:
+                predicted = interpolate_case(method, labels, annotation, case)
+                yield _row("interactive", case, method, budget="none", seed=0, **common,
+                           round_seconds=round(predicted.seconds, 3),
+                           **score(predicted.labels, case))  # fmt: skip
+            budgets = [("time", setting.budget_seconds)]
+            if k in setting.equal_iteration_counts:
+                budgets.append(("iterations", setting.budget_seconds))
+            for seed in setting.seeds:
+                for budget, seconds in budgets:
+                    for method in LEARNED:
+                        if budget == "iterations" and method == "supervised":
+                            continue  # the same run as its equal-time one
+                        key = planned_key("interactive", name, method, k=k, seed=seed,
+                                          budget=budget)  # fmt: skip
+                        if key in skip:
+                            continue
+                        paced = "supervised" if budget == "iterations" else method
+                        iterations = rates.iterations(paced, seconds)
+                        volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
+                        trained = train_round(make_config(method, iterations, seed), [volume],
+                                              run_dir / "interactive")  # fmt: skip
+                        predicted = predict_case(trained, case, annotation)
+                        yield _learned_row("interactive", case, method, predicted, trained,
+                                           budget=budget, seed=seed, **common)  # fmt: skip
+                        if method == "supervised" and budget == "time":
+                            yield _supervised_with_prior(case, annotation, predicted, trained,
+                                                         seed, common)  # fmt: skip
+
+
+def _supervised_with_prior(case, annotation, predicted, trained, seed, common):
+    """``supervised`` finished like ``crii``: its probabilities averaged late with the shape
+    prior. Not a method of the paper; it shows how much of crii's lead the late blend makes."""
+    start = time.perf_counter()
+    probabilities = blend_with_prior(
+        predicted.extra["probabilities"], annotation,
+        trained.config.predict.prior_blend, case.spacing,
+    )  # fmt: skip
+    labels = keep_annotated_components(probabilities.argmax(0).astype(np.uint8), annotation)
+    predicted_seconds = predicted.seconds + time.perf_counter() - start
+    return _row("interactive", case, "supervised+late-prior-blend", budget="time", seed=seed,
+                iterations=trained.iterations, train_seconds=round(trained.train_seconds, 2),
+                predict_seconds=round(predicted_seconds, 3),
+                round_seconds=round(trained.train_seconds + predicted_seconds, 2),
+                **common, **score(labels, case))  # fmt: skip
+
+
+def ablation(
+    setting: Setting, rates: Rates, run_dir: Path, skip: Set[tuple] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """crii with one part removed, 3 annotated slices, at crii's iterations."""
+    k = 3
+    iterations = rates.iterations("crii", setting.budget_seconds)
+    for name in split_names("test")[: setting.ablation_cases]:
+        case = load_case(name)
+        slices = spread_slices(case.truth, AXIAL, k)
+        _, annotation = painted(case, slices)
+        for seed in setting.seeds:
+            for variant, overrides in ABLATIONS.items():
+                if variant == "crii":
+                    continue  # the interactive protocol's crii row at k=3 is the reference
+                if planned_key("ablation", name, variant, k=k, seed=seed) in skip:
+                    continue
+                config = make_config("crii", iterations, seed, overrides)
+                volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
+                trained = train_round(config, [volume], run_dir / "ablation")
+                predicted = predict_case(trained, case, annotation)
+                yield _learned_row("ablation", case, variant, predicted, trained, k=k,
+                                   seed=seed, slices=slices)  # fmt: skip
+
+
+def annotate_next(
+    setting: Setting, rates: Rates, run_dir: Path, skip: Set[tuple] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """Start from 2 evenly spread slices; each round adds 2 slices chosen by the model's
+    suggestions, evenly, or at random, then trains again from the last model (warm start)."""
+    iterations = rates.iterations("crii", setting.next_budget_seconds)
+    for name in split_names("test")[: setting.next_cases]:
+        case = load_case(name)
+        for seed in setting.seeds:
+            keys = [planned_key("annotate-next", name, "crii", seed=seed, strategy=strategy,
+                                round=index)
+                    for strategy in ("suggested", "even", "random")
+                    for index in range(1, setting.next_rounds + 1)]  # fmt: skip
+            if all(key in skip for key in keys):
+                continue  # rounds build on each other: a chain is redone whole or not at all
+            first = spread_slices(case.truth, AXIAL, 2)
+            start = _next_round(case, first, iterations, seed, None, run_dir / "next-0")
+            yield _next_row(case, "all", 0, first, start, seed)
+            for strategy in ("suggested", "even", "random"):
+                rng = np.random.default_rng(seed)
+                slices, previous = list(first), start
+                for round_index in range(1, setting.next_rounds + 1):
+                    slices = slices + _pick(strategy, case, slices, previous, rng)
+                    previous = _next_round(case, slices, iterations, seed,
+                                           previous["trained"].model_path,
+                                           run_dir / f"next-{strategy}-{round_index}")  # fmt: skip
+                    yield _next_row(case, strategy, round_index, slices, previous, seed)
+
+
+def _next_round(case, slices, iterations, seed, init_model, run_dir):
+    _, annotation = painted(case, sorted(slices))
+    volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
+    trained = train_round(make_config("crii", iterations, seed), [volume], run_dir, init_model)
+    predicted = predict_case(trained, case, annotation)
+    return {"trained": trained, "predicted": predicted, "annotation": annotation}
+
+
+def _next_row(case, strategy, round_index, slices, result, seed):
+    return _learned_row("annotate-next", case, "crii", result["predicted"], result["trained"],
+                        strategy=strategy, round=round_index, slices=sorted(slices),
+                        annotated=len(slices), seed=seed)  # fmt: skip
+
+
+def _pick(strategy: str, case: Case, slices: list[int], previous: dict, rng) -> list[int]:
+    """Two more slices. ``even`` and ``random`` stay inside the structure's extent (a person
+    sees where it is); ``suggested`` may pick any slice, an all-background one included."""
+    annotated = np.zeros(case.truth.shape[AXIAL], bool)
+    annotated[slices] = True
+    if strategy == "suggested":
+        picks = suggest_slices(previous["predicted"].slice_scores, annotated, 2)
+        return [index for index, _ in picks]
+    occupied = np.flatnonzero(np.any(case.truth != 0, axis=(0, 1)))
+    candidates = [z for z in range(occupied[0], occupied[-1] + 1) if not annotated[z]]
+    if strategy == "random":
+        return [int(z) for z in rng.choice(candidates, size=2, replace=False)]
+    chosen: list[int] = []
+    for _ in range(2):  # farthest from every annotated slice, then from the first pick
+        taken = list(slices) + chosen
+        distance = [min(abs(z - t) for t in taken) for z in candidates]
+        chosen.append(int(candidates[int(np.argmax(distance))]))
+        candidates.remove(chosen[-1])
+    return chosen
+
+
+def dataset(
+    setting: Setting, rates: Rates, run_dir: Path, skip: Set[tuple] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """The paper's protocol: ``dataset_labeled`` of the ``train`` cases fully labeled, the
+    rest unlabeled; each method trained once per seed and scored on the ``test`` cases; the
+    fully supervised upper bound is trained on every ``train`` case with its labels."""
+    train_names = split_names("train")
+    labeled_names = train_names[: setting.dataset_labeled]
+    labeled = [_full_volume(load_case(n)) for n in labeled_names]
+    unlabeled = [
+        TrainingVolume(load_case(n).image, None, load_case(n).spacing, n)
+        for n in train_names[setting.dataset_labeled :]
+    ]
+    runs = [(m, m, labeled + unlabeled) for m in LEARNED]
+    runs.append(("supervised-all-208", "supervised", [_full_volume(load_case(n))
+                                                      for n in train_names]))  # fmt: skip
+    test_names = split_names("test")[: setting.dataset_eval_cases]
+    for seed in setting.seeds:
+        for label, method, volumes in runs:
+            if all(planned_key("dataset", n, label, seed=seed) in skip for n in test_names):
+                continue
+            iterations = rates.iterations(method, setting.dataset_budget_seconds)
+            trained = train_round(make_config(method, iterations, seed), volumes,
+                                  run_dir / "dataset")  # fmt: skip
+            for name in test_names:
+                case = load_case(name)
+                predicted = predict_case(trained, case, None)
+                yield _learned_row("dataset", case, label, predicted, trained, seed=seed,
+                                   labeled_cases=len([v for v in volumes
+                                                      if v.annotation is not None]))  # fmt: skip
+
+
+def _full_volume(case: Case) -> TrainingVolume:
+    return TrainingVolume(case.image, fully_labeled(case), case.spacing, case.name)
+
+
+PROTOCOLS = {
+    "interactive": interactive,
+    "ablation": ablation,
+    "annotate-next": annotate_next,
+    "dataset": dataset,
+}

@@ -1,0 +1,152 @@
+"""The real-data benchmark: interactive, dataset, annotate-next and ablation protocols, and
+the speed figures, on the hippocampus MRI beside the repository.
+
+    python -m benchmarks.real_data --setting quick       # about 15 min on a 2-core CPU
+    python -m benchmarks.real_data --setting full        # hours: see docs/results.md
+    python -m benchmarks.report                          # docs/results.md and its plots
+
+Rows go to ``benchmarks/results/<setting>/<protocol>.jsonl`` as they are made; a rerun skips
+the rows already there, so an interrupted run goes on where it stopped (``--fresh`` starts
+over). Rates of each method are measured first and kept in ``rates.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.cases import data_available, split_names
+from benchmarks.protocols import PROTOCOLS, SETTINGS, Rates, Setting, calibrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEY_FIELDS = ("protocol", "case", "method", "k", "seed", "budget", "strategy", "round")
+
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """What identifies a row: a rerun skips rows whose key is already written."""
+    return tuple(json.dumps(row.get(name)) for name in KEY_FIELDS)
+
+
+def machine() -> str:
+    """The machine in words, for every figure: CPU model and cores, or the GPU."""
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {model}, {torch.get_num_threads()} threads"
+
+
+def load_rates(folder: Path, fresh: bool) -> Rates:
+    path = folder / "rates.json"
+    if path.is_file() and not fresh:
+        data = json.loads(path.read_text())
+        return Rates(
+            data["iterations_per_second"], data["setup_seconds"], data["case"], data["slices"]
+        )
+    print("measuring each method's iterations per second ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        rates = calibrate(Path(scratch), split_names("train")[0])
+    path.write_text(json.dumps({**rates.to_dict(), "machine": machine()}, indent=1) + "\n")
+    return rates
+
+
+def run(setting: Setting, protocols: list[str], out: Path, fresh: bool) -> int:
+    setting_name = setting.name
+    folder = out / setting_name
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rates = load_rates(folder, fresh)
+    print(f"rates: {rates.to_dict()}", file=sys.stderr, flush=True)
+    for name in protocols:
+        path = folder / f"{name}.jsonl"
+        if fresh and path.exists():
+            path.unlink()
+        done = set()
+        if path.exists():
+            done = {row_key(json.loads(line)) for line in path.read_text().splitlines() if line}
+        protocol_start = time.perf_counter()
+        made = 0
+        with tempfile.TemporaryDirectory() as scratch:
+            for row in PROTOCOLS[name](setting, rates, Path(scratch), skip=done):
+                if row_key(row) in done:
+                    continue
+                row["machine"] = machine()
+                with open(path, "a") as stream:
+                    stream.write(json.dumps(row) + "\n")
+                made += 1
+                print(_summary(row), file=sys.stderr, flush=True)
+        minutes = (time.perf_counter() - protocol_start) / 60
+        print(f"{name}: {made} new rows in {minutes:.1f} min", file=sys.stderr, flush=True)
+    total = (time.perf_counter() - started) / 60
+    log = folder / "runtime.txt"
+    with open(log, "a") as stream:
+        stream.write(
+            f"{setting_name} {','.join(protocols)} ({_scope(setting)}): {total:.1f} min "
+            f"on {machine()}\n"
+        )
+    print(f"done in {total:.1f} min; rows under {folder}", file=sys.stderr)
+    return 0
+
+
+def _scope(setting: Setting) -> str:
+    return (
+        f"{setting.test_cases} test volumes, seeds {list(setting.seeds)}, "
+        f"k {list(setting.slice_counts)}, {setting.budget_seconds:g} s per round"
+    )
+
+
+def _summary(row: dict[str, Any]) -> str:
+    parts = [row["protocol"], row["case"], row["method"]]
+    for name in ("k", "budget", "strategy", "round", "seed", "iterations"):
+        if name in row:
+            parts.append(f"{name}={row[name]}")
+    parts.append(f"dice={row['mean_dice']:.3f}")
+    return " ".join(str(p) for p in parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="quick")
+    parser.add_argument("--protocol", action="append", choices=sorted(PROTOCOLS),
+                        help="run only this protocol (repeatable); default: all")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--fresh", action="store_true", help="discard earlier rows and rates")
+    parser.add_argument("--max-cases", type=int, help="only the first N volumes (a partial run "
+                        "that a later run of the same setting completes)")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (partial run)")
+    args = parser.parse_args(argv)
+    if not data_available():
+        print("the hippocampus data is not beside the repository (../shared/data/hippocampus)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    setting = SETTINGS[args.setting]
+    if args.max_cases:
+        setting = dataclasses.replace(
+            setting,
+            test_cases=min(setting.test_cases, args.max_cases),
+            ablation_cases=min(setting.ablation_cases, args.max_cases),
+            next_cases=min(setting.next_cases, args.max_cases),
+            dataset_eval_cases=min(setting.dataset_eval_cases, args.max_cases),
+        )
+    if args.seeds:
+        setting = dataclasses.replace(setting, seeds=tuple(args.seeds))
+    return run(setting, args.protocol or list(PROTOCOLS), args.out, args.fresh)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Summaries of the benchmark rows: the tables and plots of docs/results.md.
+
+    python -m benchmarks.report [--setting quick] [--print]
+
+Reads ``benchmarks/results/<setting>/*.jsonl`` (and ``rates.json``, ``runtime.txt``), writes
+``docs/results-<setting>.md`` and its plots under ``docs/images/``. Per volume, a method's
+figure is the mean over its seeds; tables give the mean and standard deviation over volumes,
+and the paired difference of crii against each baseline with a 95% bootstrap interval, the
+Wilcoxon p-value and wins/losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.real_data import RESULTS
+from benchmarks.stats import format_difference, mean_sd, paired_difference
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+BASELINES = (
+    "supervised",
+    "mean-teacher",
+    "interpolation",
+    "interpolation-extrapolated",
+    "supervised+late-prior-blend",
+)
+
+Row = dict[str, Any]
+
+
+def read_rows(folder: Path, protocol: str) -> list[Row]:
+    path = folder / f"{protocol}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def per_volume(rows: Iterable[Row], value: Callable[[Row], float | None]) -> dict[str, float]:
+    """Case -> mean over seeds of ``value`` (cases where any value is missing are dropped)."""
+    grouped: dict[str, list[float | None]] = defaultdict(list)
+    for row in rows:
+        grouped[row["case"]].append(value(row))
+    return {c: float(np.mean(v)) for c, v in grouped.items() if all(x is not None for x in v)}
+
+
+def _select(rows: Iterable[Row], **match: Any) -> list[Row]:
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def _fmt(mean: float, sd: float, digits: int = 3) -> str:
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def method_table(rows: list[Row], methods: list[str], **match: Any) -> list[str]:
+    """Markdown rows: method, volumes, Dice per class, mean Dice, HD95, iterations, s/round."""
+    lines = [
+        "| method | volumes | Dice class 1 | Dice class 2 | mean Dice | HD95 mm | iterations "
+        "| s / round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        chosen = _select(rows, method=method, **match)
+        if not chosen:
+            continue
+        dice = per_volume(chosen, lambda r: r["mean_dice"])
+        classes = [per_volume(chosen, lambda r, k=k: r["dice"][k]) for k in (0, 1)]
+        hd95 = per_volume(chosen, lambda r: r["mean_hd95"])
+        iterations = [r.get("iterations") for r in chosen if r.get("iterations")]
+        seconds = [r["round_seconds"] for r in chosen if r.get("round_seconds") is not None]
+        lines.append(
+            f"| {method} | {len(dice)} | "
+            + " | ".join(_fmt(*mean_sd(list(c.values()))) for c in classes)
+            + f" | **{_fmt(*mean_sd(list(dice.values())))}** | "
+            + (_fmt(*mean_sd(list(hd95.values())), 2) if hd95 else "–")
+            + (f" ({len(dice) - len(hd95)} undefined)" if len(hd95) < len(dice) else "")
+            + f" | {int(np.median(iterations)) if iterations else '–'} | "
+            + (f"{np.median(seconds):.1f}" if seconds else "–")
+            + " |"
+        )
+    return lines
+
+
+def difference_table(rows: list[Row], reference: str, others: list[str], **match: Any):
+    """Markdown rows: ``reference`` minus each of ``others``, paired per volume."""
+    lines = [
+        f"| {reference} minus | mean Dice difference [95% CI], Wilcoxon p, wins/losses "
+        "| CI excludes 0 |",
+        "|---|---|---|",
+    ]
+    ours = per_volume(_select(rows, method=reference, **match), lambda r: r["mean_dice"])
+    for other in others:
+        theirs = per_volume(_select(rows, method=other, **match), lambda r: r["mean_dice"])
+        cases = sorted(set(ours) & set(theirs))
+        if len(cases) < 2:
+            continue
+        d = paired_difference([ours[c] for c in cases], [theirs[c] for c in cases])
+        verdict = "yes" if d.ci_low > 0 or d.ci_high < 0 else "no"
+        lines.append(f"| {other} | {format_difference(d)} | {verdict} |")
+    return lines
+
+
+def dice_by_slices_plot(rows: list[Row], methods: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    counts = sorted({r["k"] for r in rows})
+    for method in methods:
+        means, errors, ks = [], [], []
+        for k in counts:
+            chosen = _select(rows, method=method, k=k, budget=_budget(method))
+            values = list(per_volume(chosen, lambda r: r["mean_dice"]).values())
+            if values:
+                mean, sd = mean_sd(values)
+                ks.append(k)
+                means.append(mean)
+                errors.append(sd / max(1.0, np.sqrt(len(values))))
+        if ks:
+            axes.errorbar(ks, means, yerr=errors, marker="o", capsize=3, label=method)
+    axes.set_xlabel("annotated axial slices per volume")
+    axes.set_ylabel("mean Dice (± standard error over volumes)")
+    axes.set_xticks(counts)
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def annotate_next_plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    start = _select(rows, strategy="all", round=0)
+    for strategy in ("suggested", "even", "random"):
+        xs, ys = [], []
+        for index in sorted({r["round"] for r in rows}):
+            chosen = start if index == 0 else _select(rows, strategy=strategy, round=index)
+            values = list(per_volume(chosen, lambda r: r["mean_dice"]).values())
+            annotated = [r["annotated"] for r in chosen]
+            if values:
+                xs.append(float(np.mean(annotated)))
+                ys.append(float(np.mean(values)))
+        axes.plot(xs, ys, marker="o", label=strategy)
+    axes.set_xlabel("annotated slices per volume")
+    axes.set_ylabel("mean Dice")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _budget(method: str) -> str:
+    return "none" if method.startswith("interpolation") else "time"
+
+
+def build(setting: str, folder: Path, docs: Path) -> str:
+    """The markdown report of one setting; plots are written beside it."""
+    images = docs / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rates = _read_json(folder / "rates.json")
+    runtime = (folder / "runtime.txt").read_text().strip() if (folder / "runtime.txt").is_file()\
+        else "not recorded"  # fmt: skip
+    out = [f"## Setting `{setting}`", ""]
+    out += [f"Command: `python -m benchmarks.real_data --setting {setting}`, then "
+            f"`python -m benchmarks.report --setting {setting}`. Runtime log:", "",
+            "```", runtime, "```", ""]  # fmt: skip
+    if rates:
+        out += [
+            f"Training rates measured side by side before the runs ({rates.get('machine')}; "
+            f"case {rates['case']}, {rates['slices']} slices): iterations per second "
+            + ", ".join(f"{m} {r}" for m, r in rates["iterations_per_second"].items())
+            + "; setup seconds "
+            + ", ".join(f"{m} {r}" for m, r in rates["setup_seconds"].items())
+            + ". Each learned method gets (budget − setup) × rate iterations.",
+            "",
+        ]
+    interactive = read_rows(folder, "interactive")
+    if interactive:
+        methods = ["crii", *BASELINES]
+        machine = interactive[0].get("machine", "")
+        out += ["### Interactive protocol (test volumes, k annotated axial slices)", ""]
+        for k in sorted({r["k"] for r in interactive}):
+            rows_k = [r for r in interactive if r["k"] == k]
+            timed = [r for r in rows_k if r.get("budget") in ("time", "none")]
+            out += [f"**k = {k}**, equal wall-clock budget ({machine})", ""]
+            out += [*method_table(timed, methods), ""]
+            out += [*difference_table(timed, "crii", list(BASELINES)), ""]
+            equal = [r for r in rows_k if r.get("budget") == "iterations"]
+            if equal:
+                supervised = [r for r in rows_k if r["method"] == "supervised"
+                              and r.get("budget") == "time"]  # fmt: skip
+                rows_eq = equal + supervised
+                out += [f"k = {k}, equal iterations (those of supervised):", ""]
+                out += [*method_table(rows_eq, ["crii", "supervised", "mean-teacher"]), ""]
+                out += [*difference_table(rows_eq, "crii", ["supervised", "mean-teacher"]), ""]
+        plot = images / f"results-{setting}-dice-vs-slices.png"
+        dice_by_slices_plot(interactive, methods, plot, f"{setting} setting, test volumes")
+        out += [f"![Dice against annotated slices](images/{plot.name})", ""]
+    ablation = read_rows(folder, "ablation")
+    if ablation:
+        reference = [r for r in interactive if r["method"] == "crii" and r.get("k") == 3
+                     and r.get("budget") == "time"]  # fmt: skip
+        variants = sorted({r["method"] for r in ablation})
+        rows = ablation + reference
+        out += ["### Ablation (k = 3, at crii's iterations)", ""]
+        out += [*method_table(rows, ["crii", *variants]), ""]
+        out += [*difference_table(rows, "crii", variants), ""]
+    following = read_rows(folder, "annotate-next")
+    if following:
+        out += ["### Annotate-next (crii, warm start, 2 slices per round)", ""]
+        out += ["| strategy | " + " | ".join(f"round {i}" for i in range(4)) + " |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        start = per_volume(_select(following, round=0), lambda r: r["mean_dice"])
+        for strategy in ("suggested", "even", "random"):
+            cells = [_fmt(*mean_sd(list(start.values())))]
+            for index in (1, 2, 3):
+                chosen = _select(following, strategy=strategy, round=index)
+                values = list(per_volume(chosen, lambda r: r["mean_dice"]).values())
+                cells.append(_fmt(*mean_sd(values)) if values else "–")
+            out.append(f"| {strategy} | " + " | ".join(cells) + " |")
+        out.append("")
+        for other in ("even", "random"):
+            last = max(r["round"] for r in following)
+            a = per_volume(_select(following, strategy="suggested", round=last),
+                           lambda r: r["mean_dice"])  # fmt: skip
+            b = per_volume(_select(following, strategy=other, round=last),
+                           lambda r: r["mean_dice"])  # fmt: skip
+            cases = sorted(set(a) & set(b))
+            if len(cases) >= 2:
+                d = paired_difference([a[c] for c in cases], [b[c] for c in cases])
+                out.append(f"- round {last}, suggested minus {other}: {format_difference(d)}")
+        out.append("")
+        plot = images / f"results-{setting}-annotate-next.png"
+        annotate_next_plot(following, plot, f"{setting} setting: Dice per round")
+        out += [f"![Dice per round](images/{plot.name})", ""]
+    dataset = read_rows(folder, "dataset")
+    if dataset:
+        methods = ["crii", "supervised", "mean-teacher", "supervised-all-208"]
+        out += ["### Dataset protocol (8 labeled train volumes + the rest unlabeled)", ""]
+        out += [*method_table(dataset, methods), ""]
+        out += [*difference_table(dataset, "crii", ["supervised", "mean-teacher"]), ""]
+    return "\n".join(out)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", default="quick")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--print", action="store_true", help="print instead of writing")
+    args = parser.parse_args(argv)
+    text = build(args.setting, args.results / args.setting, DOCS)
+    if args.print:
+        print(text)
+    else:
+        path = DOCS / f"results-{args.setting}.md"
+        path.write_text(text + "\n")
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Method variants tried on ``train`` cases only (the test cases stay untouched for reporting).
+
+    python -m benchmarks.tune --variant NAME --method crii --cases 6 --slices 3 \
+        --iterations 500 [--set train.augment=none ...]
+
+Appends one row per case to ``benchmarks/results/tuning.jsonl``: the Dice of the final mask
+and of the network alone, beside interpolation. Every variant that was run stays in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.cases import AXIAL, data_available, load_case, painted, split_names
+from benchmarks.real_data import RESULTS, machine
+from benchmarks.runs import interpolate_case, make_config, predict_case, score, train_round
+from training_backend.cli import _parse_value
+from training_backend.metrics import mean_dice
+from training_backend.simulate import spread_slices
+from training_backend.trainer import TrainingVolume
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", required=True, help="a name for this row set")
+    parser.add_argument("--method", default="crii")
+    parser.add_argument("--cases", type=int, default=6)
+    parser.add_argument("--first-case", type=int, default=0)
+    parser.add_argument("--slices", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS / "tuning.jsonl")
+    args = parser.parse_args(argv)
+    if not data_available():
+        print("the hippocampus data is not beside the repository", file=sys.stderr)
+        return 2
+    overrides = {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        overrides[key] = _parse_value(raw)
+    names = split_names("train")[args.first_case : args.first_case + args.cases]
+    rows = []
+    for name in names:
+        case = load_case(name)
+        slices = spread_slices(case.truth, AXIAL, args.slices)
+        labels, annotation = painted(case, slices)
+        config = make_config(args.method, args.iterations, args.seed, overrides)
+        volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
+        with tempfile.TemporaryDirectory() as scratch:
+            trained = train_round(config, [volume], Path(scratch))
+            predicted = predict_case(trained, case, annotation)
+        interpolated = interpolate_case("interpolation-extrapolated", labels, annotation, case)
+        row = {
+            "variant": args.variant,
+            "method": args.method,
+            "settings": overrides,
+            "case": name,
+            "k": args.slices,
+            "seed": args.seed,
+            "iterations": trained.iterations,
+            "train_seconds": round(trained.train_seconds, 2),
+            **score(predicted.labels, case),
+            "network_dice": round(mean_dice(predicted.extra["network"], case.truth, 3), 4),
+            "interpolation_dice": score(interpolated.labels, case)["mean_dice"],
+            "machine": machine(),
+        }
+        rows.append(row)
+        with open(args.out, "a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        print(f"{name} final {row['mean_dice']:.3f} network {row['network_dice']:.3f} "
+              f"interp {row['interpolation_dice']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+    mean = sum(r["mean_dice"] for r in rows) / len(rows)
+    network = sum(r["network_dice"] for r in rows) / len(rows)
+    print(f"MEAN {args.variant}: final {mean:.4f} network {network:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
