@@ -7,6 +7,7 @@ real MRI, 2 foreground classes, CC-BY-SA 4.0). Nothing is copied into the reposi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,8 @@ from training_backend.io import read_volume
 from training_backend.simulate import sparse_labels
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hippocampus"
+DATA = Path(os.environ.get("CRII_HIPPOCAMPUS", ROOT.parent / "shared" / "data" / "hippocampus"))
+"""The data folder; the environment variable ``CRII_HIPPOCAMPUS`` names another place."""
 NUM_CLASSES = 3
 CLASS_NAMES = {1: "anterior", 2: "posterior"}
 AXIAL = 2

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import runs
 from benchmarks.cases import data_available, split_names
 from benchmarks.protocols import PROTOCOLS, SETTINGS, Rates, Setting, calibrate
 
@@ -129,11 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-cases", type=int, help="only the first N volumes (a partial run "
                         "that a later run of the same setting completes)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (partial run)")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="where learned methods run"
+    )
     args = parser.parse_args(argv)
     if not data_available():
         print("the hippocampus data is not beside the repository (../shared/data/hippocampus)",
               file=sys.stderr)  # fmt: skip
         return 2
+    runs.DEVICE = args.device
     setting = SETTINGS[args.setting]
     if args.max_cases:
         setting = dataclasses.replace(

@@ -170,8 +170,9 @@ def _budget(method: str) -> str:
     return "none" if method.startswith("interpolation") else "time"
 
 
-def build(setting: str, folder: Path, docs: Path) -> str:
+def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> str:
     """The markdown report of one setting; plots are written beside it."""
+    label = label or setting
     images = docs / "images"
     images.mkdir(parents=True, exist_ok=True)
     rates = _read_json(folder / "rates.json")
@@ -210,7 +211,7 @@ def build(setting: str, folder: Path, docs: Path) -> str:
                 out += [f"k = {k}, equal iterations (those of supervised):", ""]
                 out += [*method_table(rows_eq, ["crii", "supervised", "mean-teacher"]), ""]
                 out += [*difference_table(rows_eq, "crii", ["supervised", "mean-teacher"]), ""]
-        plot = images / f"results-{setting}-dice-vs-slices.png"
+        plot = images / f"results-{label}-dice-vs-slices.png"
         dice_by_slices_plot(interactive, methods, plot, f"{setting} setting, test volumes")
         out += [f"![Dice against annotated slices](images/{plot.name})", ""]
     ablation = read_rows(folder, "ablation")
@@ -247,7 +248,7 @@ def build(setting: str, folder: Path, docs: Path) -> str:
                 d = paired_difference([a[c] for c in cases], [b[c] for c in cases])
                 out.append(f"- round {last}, suggested minus {other}: {format_difference(d)}")
         out.append("")
-        plot = images / f"results-{setting}-annotate-next.png"
+        plot = images / f"results-{label}-annotate-next.png"
         annotate_next_plot(following, plot, f"{setting} setting: Dice per round")
         out += [f"![Dice per round](images/{plot.name})", ""]
     dataset = read_rows(folder, "dataset")
@@ -268,12 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", default="quick")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--print", action="store_true", help="print instead of writing")
+    parser.add_argument("--label", help="names the page and plots (default: the setting), e.g. "
+                        "quick-cuda for rows made on a GPU")  # fmt: skip
     args = parser.parse_args(argv)
-    text = build(args.setting, args.results / args.setting, DOCS)
+    text = build(args.setting, args.results / args.setting, DOCS, args.label or args.setting)
     if args.print:
         print(text)
     else:
-        path = DOCS / f"results-{args.setting}.md"
+        path = DOCS / f"results-{args.label or args.setting}.md"
         path.write_text(text + "\n")
         print(f"wrote {path.relative_to(ROOT)}")
     return 0

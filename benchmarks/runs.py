@@ -27,6 +27,8 @@ from training_backend.prior import interpolate_labels
 from training_backend.trainer import TrainingJob, TrainingVolume, train
 
 INTERPOLATION_METHODS = ("interpolation", "interpolation-extrapolated")
+DEVICE = "cpu"
+"""Where learned methods train and predict; ``--device`` of the runner sets it."""
 
 
 @dataclass
@@ -52,14 +54,14 @@ class Predicted:
 def make_config(
     method: str, iterations: int, seed: int, overrides: dict[str, Any] | None = None
 ) -> CriiConfig:
-    """The product's defaults with an iteration budget, on the CPU, without previews."""
+    """The product's defaults with an iteration budget, on :data:`DEVICE`, without previews."""
     data = CriiConfig().to_dict()
     data["model"]["num_classes"] = NUM_CLASSES
     data["train"].update(
         method=method,
         iterations=int(iterations),
         seconds=None,
-        device="cpu",
+        device=DEVICE,
         seed=int(seed),
         preview_seconds=0.0,
         axis=AXIAL,
@@ -99,7 +101,7 @@ def predict_case(
 ) -> Predicted:
     """The final labels the product shows for ``case`` (with the annotation's shape prior
     where the method uses one) and per-slice hardness scores."""
-    device = torch.device("cpu")
+    device = torch.device(DEVICE)
     model, _ = load_model(trained.model_path, device)
     start = time.perf_counter()
     network = predict_with_config(model, trained.config, case.image, AXIAL, device)
