@@ -46,7 +46,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-consistency": {"loss.lambda_cr_max": 0.0},
     "no-shape-prior": {"loss.use_prior": False},
     "no-late-prior-blend": {"predict.prior_blend": 0.0},
-    "ema-teacher": {"loss.teacher": "ema"},
+    "self-teacher": {"loss.teacher": "self"},
 }
 """``crii`` with one part taken out (or swapped), at the iterations of ``crii``."""
 

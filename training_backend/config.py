@@ -40,7 +40,7 @@ class LossConfig:
     patch_size: int = 16
     hard_pixels: int = 8
     use_prior: bool = True
-    teacher: str = "self"
+    teacher: str = "ema"
     ema_decay: float = 0.99
 
 
