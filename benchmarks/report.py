@@ -257,7 +257,33 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
         out += ["### Dataset protocol (8 labeled train volumes + the rest unlabeled)", ""]
         out += [*method_table(dataset, methods), ""]
         out += [*difference_table(dataset, "crii", ["supervised", "mean-teacher"]), ""]
+    speed = _read_json(folder.parent / "speed.json")
+    if speed:
+        out += speed_table(speed)
     return "\n".join(out)
+
+
+def speed_table(rows: list[Row]) -> list[str]:
+    """The rows of benchmarks/speed.py: one training round per method and precision."""
+    out = [
+        f"### Speed and memory ({rows[0]['machine']}, `python -m benchmarks.speed`)",
+        "",
+        f"One round of {rows[0]['budget_seconds']:g} s on a {tuple(rows[0]['volume_shape'])} "
+        "hippocampus volume, 3 annotated slices, previews every 3 s, each configuration in "
+        "a fresh process.",
+        "",
+        "| method | precision | iterations / s | first preview s | round s | inference s "
+        "| peak memory MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        memory = row.get("peak_cuda_mib", row["peak_rss_mib"])
+        out.append(
+            f"| {row['method']} | {row['precision']} | {row['iterations_per_second']} | "
+            f"{row['first_preview_seconds']} | {row['round_seconds']} | "
+            f"{row['inference_seconds']} | {memory} |"
+        )
+    return [*out, ""]
 
 
 def _read_json(path: Path) -> dict | None:

@@ -66,9 +66,7 @@ def run_demo(out: Path, seconds: float = 60.0, device: str = "auto", seed: int =
             model_path = event.model_path
     torch_device = resolve_device(device)
     model, _ = load_model(model_path, torch_device)
-    prediction = predict_final(
-        model, config, image, axis, torch_device, annotation, geometry.zooms
-    )
+    prediction = predict_final(model, config, image, axis, torch_device, annotation, geometry.zooms)
     for name in ("refined", "coarse", "hardness"):
         write_volume(out / f"{name}.nii.gz", getattr(prediction, name), geometry)
     scores = prediction.slice_scores(axis)

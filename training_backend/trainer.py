@@ -53,6 +53,8 @@ from training_backend.volumes import (
 )
 
 MODEL_FILE = "model.pt"
+FIRST_PREVIEW_SECONDS = 1.0
+"""A person sees the first prediction of a round this soon after training starts."""
 DEFAULT_PRIOR_RELIABILITY = 0.5
 MIN_SLICES_FOR_RELIABILITY = 4
 """Leave-one-out needs at least two inner annotated slices to say anything (3 gave ~0 on the
@@ -317,7 +319,8 @@ def _train(job: TrainingJob) -> Iterator[Event]:
     network.train()
     iteration = start_iteration
     last_good_saved = False
-    last_preview = time.perf_counter()
+    # the first preview comes after FIRST_PREVIEW_SECONDS, then one every preview_seconds
+    last_preview = time.perf_counter() - max(0.0, tc.preview_seconds - FIRST_PREVIEW_SECONDS)
     running: dict[str, float] = {}
     reason = "budget"
     while True:
