@@ -23,7 +23,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 export PYTHONUNBUFFERED=1
 python3 benchmarks/gpu_check.py --out "$out/gpu_check.json"
 python3 -m pytest -q -p no:cacheprovider tests/test_losses.py -k cuda 2>&1 | tail -3
-python3 -m benchmarks.speed --device cuda --seconds 15 --out "$out/speed-cuda.json"
+python3 -m benchmarks.speed --device cuda --seconds 15 --out "$out/cuda/speed.json"
 python3 -m benchmarks.real_data --setting quick --protocol interactive --device cuda \
   --out "$out/cuda"
 python3 -m benchmarks.report --setting quick --results "$out/cuda" --label quick-cuda

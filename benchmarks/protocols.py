@@ -44,7 +44,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-intra-prl": {"loss.lambda_intra": 0.0},
     "no-inter-prl": {"loss.lambda_inter": 0.0},
     "no-consistency": {"loss.lambda_cr_max": 0.0},
-    "no-shape-prior": {"loss.use_prior": False},
+    "no-shape-prior": {"loss.use_prior": False},  # no prior in the target nor the late blend
     "no-late-prior-blend": {"predict.prior_blend": 0.0},
     "self-teacher": {"loss.teacher": "self"},
 }
@@ -72,7 +72,7 @@ class Setting:
 
 
 SETTINGS = {
-    # quick: a subset of full with the same budgets, so its rows are full's rows for its cases
+    # quick: fewer volumes and one seed, the same budget per round as full
     "quick": Setting(
         name="quick",
         test_cases=3,
@@ -130,13 +130,14 @@ class Rates:
         }
 
 
-def calibrate(run_dir: Path, case_name: str, slice_count: int = 3, repeats: int = 2) -> Rates:
-    """Time rounds of 20 and 80 iterations of each learned method, interleaved, ``repeats``
-    times after a warm-up: the slope is the rate, the intercept the setup. Medians."""
+def calibrate(run_dir: Path, case_name: str, slice_count: int = 3, repeats: int = 3) -> Rates:
+    """Time rounds of 50 and 300 iterations of each learned method, interleaved, ``repeats``
+    times after a warm-up: the slope is the rate, the intercept the setup. Medians. Long
+    rounds, because short ones let a method's warm-up and the machine's noise set its rate."""
     case = load_case(case_name)
     _, annotation = painted(case, spread_slices(case.truth, AXIAL, slice_count))
     volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
-    short, long = 20, 80
+    short, long = 50, 300
     rates: dict[str, list[float]] = {m: [] for m in LEARNED}
     setups: dict[str, list[float]] = {m: [] for m in LEARNED}
     for repeat in range(repeats + 1):
@@ -150,8 +151,8 @@ def calibrate(run_dir: Path, case_name: str, slice_count: int = 3, repeats: int 
                 rates[method].append(rate)
                 setups[method].append(max(0.0, seconds[0] - short / rate))
     return Rates(
-        {m: statistics.median(v) for m, v in rates.items()},
-        {m: statistics.median(v) for m, v in setups.items()},
+        {m: round(statistics.median(v), 3) for m, v in rates.items()},
+        {m: round(statistics.median(v), 3) for m, v in setups.items()},
         case_name,
         slice_count,
     )
@@ -208,8 +209,20 @@ def interactive(
                             continue  # the same run as its equal-time one
                         key = planned_key("interactive", name, method, k=k, seed=seed,
                                           budget=budget)  # fmt: skip
-                        if key in skip:
-                            continue
+                        if key in skip and (
+                            method != "supervised"
+                            or budget != "time"
+                            or planned_key(
+                                "interactive",
+                                name,
+                                "supervised+late-prior-blend",
+                                k=k,
+                                seed=seed,
+                                budget=budget,
+                            )
+                            in skip
+                        ):
+                            continue  # fmt: skip
                         paced = "supervised" if budget == "iterations" else method
                         iterations = rates.iterations(paced, seconds)
                         volume = TrainingVolume(case.image, annotation, case.spacing, case.name)

@@ -54,16 +54,19 @@ def machine() -> str:
 
 def load_rates(folder: Path, fresh: bool) -> Rates:
     path = folder / "rates.json"
-    if path.is_file() and not fresh:
-        data = json.loads(path.read_text())
-        return Rates(
-            data["iterations_per_second"], data["setup_seconds"], data["case"], data["slices"]
+    if not path.is_file() or fresh:
+        print("measuring each method's iterations per second ...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as scratch:
+            rates = calibrate(Path(scratch), split_names("train")[0])
+        record = {**rates.to_dict(), "device": runs.DEVICE, "machine": machine()}
+        path.write_text(json.dumps(record, indent=1) + "\n")
+    data = json.loads(path.read_text())  # always the stored figures, so a resume matches
+    if data.get("device", "cpu") != runs.DEVICE:
+        raise SystemExit(
+            f"{path} holds rates measured on {data.get('device', 'cpu')}, not {runs.DEVICE}: "
+            "use another --out folder for another device"
         )
-    print("measuring each method's iterations per second ...", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        rates = calibrate(Path(scratch), split_names("train")[0])
-    path.write_text(json.dumps({**rates.to_dict(), "machine": machine()}, indent=1) + "\n")
-    return rates
+    return Rates(data["iterations_per_second"], data["setup_seconds"], data["case"], data["slices"])
 
 
 def run(setting: Setting, protocols: list[str], out: Path, fresh: bool) -> int:

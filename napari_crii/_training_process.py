@@ -81,11 +81,24 @@ class TrainingRequest:
         return args
 
 
-def predict_arguments(model: Path, image: Path, folder: Path, device: str) -> list[str]:
-    """``-m training_backend predict ...`` writing refined, coarse and hardness to ``folder``."""
+def predict_arguments(
+    model: Path,
+    image: Path,
+    folder: Path,
+    device: str,
+    labels: Path | None = None,
+    background_slices: Sequence[int] = (),
+) -> list[str]:
+    """``-m training_backend predict ...`` writing refined, coarse and hardness to ``folder``;
+    with ``labels`` (the image's annotations) the mask is finished as at the end of a round."""
     args = ["-m", "training_backend", "predict", "--model", str(model), "--image", str(image)]
     args += ["--axis", "0", "--device", device, "--out", str(folder / "refined.nii")]
-    return args + [f"--{name}={folder / f'{name}.nii'}" for name in ("coarse", "hardness")]
+    args += [f"--{name}={folder / f'{name}.nii'}" for name in ("coarse", "hardness")]
+    if labels is not None:
+        args += ["--labels", str(labels)]
+        if background_slices:
+            args.append(f"--background-slices={format_slices(background_slices)}")
+    return args
 
 
 def _setting_text(value: object) -> str:

@@ -877,13 +877,27 @@ class CriiWidget(QWidget):
         device = self._chosen_device()
         if device is None:
             return False
+        labels = self.labels_layer
+        if labels is not None and np.shape(labels.data) != np.shape(image.data):
+            labels = None  # annotations of another image: predict with the network alone
         try:
             session.save_image(image.data)
             folder = session.new_round()
+            label_path = None
+            if labels is not None and annotated_slices(np.asarray(labels.data)):
+                # the same finishing as at the end of a round: prior blend, components
+                label_path = session.save_round_annotations(labels.data, folder)
         except (CriiError, OSError) as exc:
             show_error(f"Could not prepare the prediction: {exc}")
             return False
-        arguments = predict_arguments(session.last_model, session.image_path, folder, device)
+        arguments = predict_arguments(
+            session.last_model,
+            session.image_path,
+            folder,
+            device,
+            labels=label_path,
+            background_slices=sorted(session.background_slices) if label_path else (),
+        )
         self.predictions.ensure(image)
         self._start("predict")
         self._set_progress("predicting…")

@@ -86,6 +86,17 @@ def test_predict_with_labels_finishes_the_mask_as_training_does(case, tmp_path):
     np.testing.assert_array_equal(mask[slices], painted[slices])
 
 
+def test_predict_refuses_background_slices_without_labels(case, tmp_path, capsys):
+    image, _, _, _ = case
+    assert main(train_args(case, tmp_path / "run")) == 0
+    code = main(["predict", "--model", str(tmp_path / "run" / "model.pt"), "--image", str(image),
+                 "--background-slices", "0,1", "--out", str(tmp_path / "m.nii.gz"),
+                 "--device", "cpu"])  # fmt: skip
+    assert code != 0
+    assert "--background-slices needs --labels" in capsys.readouterr().err
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
 def test_events_on_stdout_parse_back_with_the_codec(case, tmp_path):
     command = [sys.executable, "-m", "training_backend"]
     command += train_args(case, tmp_path / "r", "--events", "-")

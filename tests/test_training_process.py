@@ -20,6 +20,7 @@ from napari_crii._training_process import (
     ProcessOutcome,
     TrainingProcess,
     TrainingRequest,
+    predict_arguments,
 )
 from training_backend.events import Error, Finished, Prediction, Progress, Started
 from training_backend.io import Geometry, write_volume
@@ -146,3 +147,12 @@ def test_a_second_stop_kills_at_once(qtbot, volumes, tmp_path):
     request = TrainingRequest(image, labels, tmp_path / "run", seconds=120, settings=TINY_SETTINGS)
     outcome = run_to_end(qtbot, process, request)
     assert outcome.killed and outcome.crashed and outcome.finished is None
+
+
+def test_predict_arguments_pass_the_annotations_when_given(tmp_path):
+    bare = predict_arguments(tmp_path / "m.pt", tmp_path / "i.nii", tmp_path, "cpu")
+    assert "--labels" not in bare and not any(a.startswith("--background") for a in bare)
+    full = predict_arguments(tmp_path / "m.pt", tmp_path / "i.nii", tmp_path, "cpu",
+                             labels=tmp_path / "a.nii", background_slices=[0, 1, 2, 7])  # fmt: skip
+    assert full[full.index("--labels") + 1] == str(tmp_path / "a.nii")
+    assert f"--background-slices={format_slices([0, 1, 2, 7])}" in full

@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the annotations the model was trained from: the mask then gets the same "
         "finishing as at the end of training (shape prior, components; see predict settings)",
     )
+    p.add_argument(
+        "--background-slices",
+        metavar="SLICES",
+        help="with --labels: the annotated slices that hold only background, as in training",
+    )
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--axis", type=int, choices=(0, 1, 2))
 
@@ -429,9 +434,12 @@ def run_predict(args: argparse.Namespace) -> int:
             read_volume(args.labels).array,
             volume.array.shape,
             axis,
+            background_slices=parse_slices(args.background_slices, volume.array.shape[axis]),
             num_classes=data.num_classes,
             source=str(args.labels),
         )
+    elif args.background_slices:
+        raise AnnotationError("--background-slices needs --labels (the annotations they extend)")
     prediction = predict_final(
         model, data.config, volume.array, axis, device, annotation, volume.geometry.zooms
     )

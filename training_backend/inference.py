@@ -28,7 +28,7 @@ class VolumePrediction:
 
     refined: np.ndarray  # uint8 labels
     coarse: np.ndarray  # uint8 labels
-    probabilities: np.ndarray  # float32 (K, *shape), refined softmax
+    probabilities: np.ndarray  # float32 (K, *shape): refined softmax (blended once finished)
     hardness: np.ndarray  # float32 in [0, 1]
 
     def slice_scores(self, axis: int) -> np.ndarray:
@@ -207,9 +207,7 @@ def finish_prediction(
     settings = config.predict
     probabilities, refined = prediction.probabilities, prediction.refined
     if config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0:
-        probabilities = blend_with_prior(
-            probabilities.copy(), annotation, settings.prior_blend, spacing
-        )
+        probabilities = blend_with_prior(probabilities, annotation, settings.prior_blend, spacing)
         refined = probabilities.argmax(0).astype(np.uint8)
     if settings.keep_annotated_components:
         refined = keep_annotated_components(refined, annotation)

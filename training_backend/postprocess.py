@@ -41,8 +41,9 @@ def blend_with_prior(
 
 
 def keep_annotated_components(labels: np.ndarray, annotation: SparseAnnotation) -> np.ndarray:
-    """``labels`` without the components of each class that no annotated voxel of that class
-    touches. A class the annotation never shows is left as it is (nothing to anchor it)."""
+    """``labels`` without the components (6-connected) of each class that no annotated voxel
+    of that class touches. A class is left as it is when the annotation never shows it, or
+    when none of its components touches its annotated voxels (nothing to anchor on)."""
     out = np.array(labels, copy=True)
     planes = [slice(None)] * 3
     planes[annotation.axis] = annotation.annotated
@@ -55,5 +56,8 @@ def keep_annotated_components(labels: np.ndarray, annotation: SparseAnnotation) 
         if count <= 1:
             continue
         anchored = np.unique(components[tuple(planes)][painted == k])
-        out[(components > 0) & ~np.isin(components, anchored[anchored > 0])] = 0
+        anchored = anchored[anchored > 0]
+        if anchored.size == 0:
+            continue  # nothing to anchor on: removing every component would erase the class
+        out[(components > 0) & ~np.isin(components, anchored)] = 0
     return out
