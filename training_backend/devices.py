@@ -49,8 +49,8 @@ def autocast_for(device: torch.device, enabled: bool) -> Callable[[], Any]:
 
 def mixed_precision_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """The autocast type when mixed precision is enabled: bf16 (fp16 on older cards) on CUDA,
-    bf16 on a CPU that computes it natively (a training step about 1.6x faster on an
-    AVX512-BF16 CPU: benchmarks/speed.py); None (float32) elsewhere."""
+    bf16 on a CPU that computes it natively (the network about 1.6x faster on an
+    AVX512-BF16 CPU, a whole training step less: benchmarks/speed.py); None (float32) elsewhere."""
     if enabled and device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if enabled and device.type == "cpu" and cpu_has_native_bf16():

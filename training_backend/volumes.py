@@ -303,11 +303,12 @@ def random_affine(
     shift: float = 0.05,
 ) -> Batch:
     """Rotate (up to ``degrees``), scale (by up to ``1 ± scale``) and shift (up to ``shift`` of
-    the plane) each item at random, everything of an item by the same transform: the image and
-    the prior bilinearly, labels and masks by nearest neighbour. Pixels brought in from
-    outside the plane are invalid and unlabeled. Unlike flips, small rotations keep which side
-    is anterior, so class names that depend on position (anterior / posterior) stay right.
-    Random numbers come from the CPU generator; the work runs on the batch's device.
+    the plane) each item at random, in the plane's normalised [-1, 1] coordinates (so on a
+    non-square plane the rotation carries a slight shear). One transform per item moves the
+    image and the prior bilinearly, labels and masks by nearest neighbour. Pixels brought in
+    from outside the plane are invalid and unlabeled. Unlike flips, small rotations keep which
+    side is anterior, so class names that depend on position (anterior / posterior) stay
+    right. Random numbers come from the CPU generator; the work runs on the batch's device.
     """
     size = batch.image.shape[0]
     device = batch.image.device
