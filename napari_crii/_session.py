@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from training_backend.atomic import copy_file, write_text
 from training_backend.errors import VolumeError
 from training_backend.io import Geometry, read_volume, write_volume
 
@@ -150,9 +150,7 @@ class Session:
         """Write the annotations a round trains on into its folder, and copy them to the
         session's own file (written once, copied atomically)."""
         path = self.save_annotations(labels, Path(folder) / ROUND_LABELS_FILE)
-        temporary = self.folder / f".{ANNOTATIONS_FILE}.tmp"
-        shutil.copyfile(path, temporary)
-        os.replace(temporary, self.annotations_path)
+        copy_file(path, self.annotations_path)
         self._save_state()
         return path
 
@@ -184,11 +182,7 @@ class Session:
         """Copy the last model to ``target`` (atomically)."""
         if self.last_model is None or not self.last_model.is_file():
             raise FileNotFoundError("no model has been trained or loaded in this session yet")
-        target = Path(target)
-        temporary = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(self.last_model, temporary)
-        os.replace(temporary, target)
-        return target
+        return copy_file(self.last_model, target)
 
     # -------------------------------------------------------------------- state
 
@@ -198,9 +192,7 @@ class Session:
             "last_model": None if self.last_model is None else str(self.last_model),
             "spacing": list(self.spacing),
         }
-        temporary = self.folder / f".{STATE_FILE}.tmp"
-        temporary.write_text(json.dumps(state, indent=2))
-        os.replace(temporary, self.folder / STATE_FILE)
+        write_text(self.folder / STATE_FILE, json.dumps(state, indent=2))
 
     def _load_state(self) -> None:
         try:

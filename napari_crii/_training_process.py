@@ -21,6 +21,7 @@ from pathlib import Path
 from qtpy.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from napari_crii._session import format_slices
+from training_backend.atomic import write_text
 from training_backend.events import (
     PREVIEW_SLICE_FILE,
     STOP_FILE,
@@ -248,10 +249,8 @@ class TrainingProcess(QObject):
             return
         self._last_preview_request = int(index)
         path = self._run_dir / PREVIEW_SLICE_FILE
-        temporary = path.with_name(f".{PREVIEW_SLICE_FILE}.tmp")
         try:
-            temporary.write_text(f"{int(index)}\n")
-            os.replace(temporary, path)
+            write_text(path, f"{int(index)}\n")
         except OSError as exc:
             self._log(f"cannot write the preview request: {exc}")
 

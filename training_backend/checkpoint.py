@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from training_backend.atomic import atomic_path
 from training_backend.config import CriiConfig
 from training_backend.errors import CheckpointError, ConfigError
 
@@ -54,17 +54,8 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> Path:
         "teacher_state": None if data.teacher_state is None else _to_cpu(data.teacher_state),
         "extra": data.extra,
     }
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private (0600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        torch.save(payload, stream)
     return path
 
 
@@ -109,12 +100,6 @@ def load_checkpoint(
         axis=payload.get("axis"),
         extra=payload.get("extra") or {},
     )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

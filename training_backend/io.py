@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import tifffile
 from nibabel.nifti1 import Nifti1Header, Nifti1Image
 from nibabel.nifti2 import Nifti2Header, Nifti2Image
 
+from training_backend.atomic import atomic_path
 from training_backend.errors import VolumeError
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
@@ -453,25 +453,19 @@ def write_volume(path: str | os.PathLike[str], array: np.ndarray, geometry: Geom
 
 def _atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
     """Run ``writer`` on a temporary file next to ``path``, then move it into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{_canonical_suffix(path)}")
+    created = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise VolumeError(
-            f"Cannot write '{path}': the export folder '{path.parent}' is not writable "
-            f"({exc.strerror or exc}). Choose a folder you may write to."
-        ) from exc
-    os.close(fd)
-    try:
-        writer(tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, VolumeError) or not isinstance(exc, Exception):
-            raise
+        with atomic_path(path, suffix=_canonical_suffix(path)) as temporary:
+            created = True
+            writer(temporary)
+    except VolumeError:
+        raise
+    except Exception as exc:
+        if not created and isinstance(exc, OSError):
+            raise VolumeError(
+                f"Cannot write '{path}': the export folder '{path.parent}' is not writable "
+                f"({exc.strerror or exc}). Choose a folder you may write to."
+            ) from exc
         raise VolumeError(
             f"Cannot write '{path}': {type(exc).__name__}: {exc}. Nothing was written; check "
             "the free disk space and that the folder is writable."

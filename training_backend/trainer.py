@@ -8,7 +8,6 @@ rank 0 yields events and writes files.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import torch
 
 from training_backend import distributed, losses, memory
 from training_backend.annotations import SparseAnnotation
+from training_backend.atomic import atomic_path
 from training_backend.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
 from training_backend.config import CriiConfig
 from training_backend.devices import autocast_for, needs_grad_scaler, resolve_device
@@ -463,15 +463,14 @@ def _preview(model, volume, index, context, device, run_dir, iteration, autocast
         refined, coarse, loss_config.patch_size, loss_config.hard_pixels, loss_config.margin
     )
     path = run_dir / "preview.npz"
-    temporary = run_dir / ".preview.tmp.npz"
-    np.savez(
-        temporary,
-        slice_index=np.int64(index),
-        refined=refined[0].argmax(0).cpu().numpy().astype(np.uint8),
-        coarse=coarse[0].argmax(0).cpu().numpy().astype(np.uint8),
-        hardness=hardness[0].cpu().numpy().astype(np.float32),
-    )
-    os.replace(temporary, path)
+    with atomic_path(path, suffix=".npz") as temporary:
+        np.savez(
+            temporary,
+            slice_index=np.int64(index),
+            refined=refined[0].argmax(0).cpu().numpy().astype(np.uint8),
+            coarse=coarse[0].argmax(0).cpu().numpy().astype(np.uint8),
+            hardness=hardness[0].cpu().numpy().astype(np.float32),
+        )
     return Preview(iteration=iteration, slice_index=index, path=str(path))
 
 
@@ -491,10 +490,8 @@ def _predict_outputs(job, model, config, axis, run_dir, device) -> Iterator[Even
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> Path:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as stream:
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
         np.save(stream, array)
-    os.replace(temporary, path)
     return path
 
 
