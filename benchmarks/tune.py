@@ -4,7 +4,8 @@
         --iterations 500 [--set train.augment=none ...]
 
 Appends one row per case to ``benchmarks/results/tuning.jsonl``: the Dice of the final mask
-and of the network alone, beside interpolation. Every variant that was run stays in the file.
+and of the network alone, beside interpolation, and of other ways to finish the same network
+output (the late prior blend's weight). Every variant that was run stays in the file.
 """
 
 from __future__ import annotations
@@ -15,13 +16,38 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.cases import AXIAL, data_available, load_case, painted, split_names
+import numpy as np
+
+from benchmarks.cases import AXIAL, NUM_CLASSES, data_available, load_case, painted, split_names
 from benchmarks.real_data import RESULTS, machine
 from benchmarks.runs import interpolate_case, make_config, predict_case, score, train_round
 from training_backend.cli import _parse_value
 from training_backend.metrics import mean_dice
+from training_backend.postprocess import keep_annotated_components
+from training_backend.prior import shape_prior
 from training_backend.simulate import spread_slices
 from training_backend.trainer import TrainingVolume
+
+
+def finishing_variants(predicted, annotation, case) -> dict[str, float]:
+    """Mean Dice of other ways to finish the same network output (no retraining): the late
+    blend at other weights, a blend weighted by the prior's confidence, and none."""
+    probabilities = predicted.extra["probabilities"]
+    prior = shape_prior(annotation.labels, annotation.annotated, AXIAL, NUM_CLASSES,
+                        extrapolate=True, spacing=case.spacing)  # fmt: skip
+    weights = {
+        "none": 0.0,
+        "blend-0.3": 0.3,
+        "blend-0.5": 0.5,
+        "confidence-0.5": 0.5 * prior.confidence[None],
+        "confidence-1.0": prior.confidence[None],
+    }
+    out = {}
+    for name, weight in weights.items():
+        blended = (1.0 - weight) * probabilities + weight * prior.probabilities
+        labels = keep_annotated_components(blended.argmax(0).astype(np.uint8), annotation)
+        out[name] = round(mean_dice(labels, case.truth, NUM_CLASSES), 4)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
             **score(predicted.labels, case),
             "network_dice": round(mean_dice(predicted.extra["network"], case.truth, 3), 4),
             "interpolation_dice": score(interpolated.labels, case)["mean_dice"],
+            "finishing_variants": finishing_variants(predicted, annotation, case),
             "machine": machine(),
         }
         rows.append(row)
         with open(args.out, "a") as stream:
             stream.write(json.dumps(row) + "\n")
         print(f"{name} final {row['mean_dice']:.3f} network {row['network_dice']:.3f} "
-              f"interp {row['interpolation_dice']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+              f"interp {row['interpolation_dice']:.3f} {row['finishing_variants']}",
+              file=sys.stderr, flush=True)  # fmt: skip
     mean = sum(r["mean_dice"] for r in rows) / len(rows)
     network = sum(r["network_dice"] for r in rows) / len(rows)
     print(f"MEAN {args.variant}: final {mean:.4f} network {network:.4f}")
