@@ -279,7 +279,8 @@ def speed_table(rows: list[Row]) -> list[str]:
         f"### Speed and memory ({rows[0]['machine']}, `python -m benchmarks.speed`)",
         "",
         f"One round of {rows[0]['budget_seconds']:g} s on a {tuple(rows[0]['volume_shape'])} "
-        "hippocampus volume, 3 annotated slices, previews every 3 s, each configuration in "
+        "hippocampus volume, 3 annotated slices, a preview after 1 s then every 3 s, each "
+        "configuration in "
         "a fresh process.",
         "",
         "| method | precision | iterations / s | first preview s | round s | inference s "
