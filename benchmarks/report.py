@@ -115,13 +115,29 @@ def difference_table(rows: list[Row], reference: str, others: list[str], **match
     return lines
 
 
-def dice_by_slices_plot(rows: list[Row], methods: list[str], path: Path, title: str) -> None:
+def _new_axes():
+    """A figure and its axes, drawn off-screen."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    return plt.subplots(figsize=(6.4, 4.2), dpi=110)
+
+
+def _save(figure, axes, path: Path, title: str) -> None:
+    from matplotlib import pyplot as plt
+
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def dice_by_slices_plot(rows: list[Row], methods: list[str], path: Path, title: str) -> None:
+    figure, axes = _new_axes()
     counts = sorted({r["k"] for r in rows})
     for method in methods:
         means, errors, ks = [], [], []
@@ -138,21 +154,11 @@ def dice_by_slices_plot(rows: list[Row], methods: list[str], path: Path, title: 
     axes.set_xlabel("annotated axial slices per volume")
     axes.set_ylabel("mean Dice (± standard error over volumes)")
     axes.set_xticks(counts)
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, axes, path, title)
 
 
 def annotate_next_plot(rows: list[Row], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    figure, axes = _new_axes()
     start = _select(rows, strategy="all", round=0)
     for strategy in ("suggested", "even", "random"):
         xs, ys = [], []
@@ -166,12 +172,7 @@ def annotate_next_plot(rows: list[Row], path: Path, title: str) -> None:
         axes.plot(xs, ys, marker="o", label=strategy)
     axes.set_xlabel("annotated slices per volume")
     axes.set_ylabel("mean Dice")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, axes, path, title)
 
 
 def _budget(method: str) -> str:
