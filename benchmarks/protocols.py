@@ -13,6 +13,7 @@ equal-iteration comparison gives every method the iterations of ``supervised``.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections.abc import Iterator, Set
@@ -158,10 +159,16 @@ def calibrate(run_dir: Path, case_name: str, slice_count: int = 3, repeats: int 
     )
 
 
-def planned_key(protocol: str, case: str, method: str, **fields: Any) -> tuple:
-    """The key :func:`benchmarks.real_data.row_key` will give the row these fields make."""
-    from benchmarks.real_data import row_key
+KEY_FIELDS = ("protocol", "case", "method", "k", "seed", "budget", "strategy", "round")
 
+
+def row_key(row: dict[str, Any]) -> tuple:
+    """What identifies a row: a rerun skips rows whose key is already written."""
+    return tuple(json.dumps(row.get(name)) for name in KEY_FIELDS)
+
+
+def planned_key(protocol: str, case: str, method: str, **fields: Any) -> tuple:
+    """The key :func:`row_key` will give the row these fields make."""
     return row_key({"protocol": protocol, "case": case, "method": method, **fields})
 
 

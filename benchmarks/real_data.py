@@ -26,15 +26,9 @@ import torch
 
 from benchmarks import runs
 from benchmarks.cases import data_available, split_names
-from benchmarks.protocols import PROTOCOLS, SETTINGS, Rates, Setting, calibrate
+from benchmarks.protocols import PROTOCOLS, SETTINGS, Rates, Setting, calibrate, row_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEY_FIELDS = ("protocol", "case", "method", "k", "seed", "budget", "strategy", "round")
-
-
-def row_key(row: dict[str, Any]) -> tuple:
-    """What identifies a row: a rerun skips rows whose key is already written."""
-    return tuple(json.dumps(row.get(name)) for name in KEY_FIELDS)
 
 
 def machine() -> str:
