@@ -60,6 +60,18 @@ def test_other_format_version_is_refused(tmp_path):
         load_checkpoint(tmp_path / "future.pt")
 
 
+def test_a_version_1_file_without_the_predict_section_loads_with_its_defaults(tmp_path):
+    small_checkpoint(tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert payload["format_version"] == 2
+    payload["format_version"] = 1
+    del payload["config"]["predict"]
+    torch.save(payload, tmp_path / "old.pt")
+    data = load_checkpoint(tmp_path / "old.pt")
+    assert data.config.predict.prior_blend == CriiConfig().predict.prior_blend
+    assert data.iteration == 7
+
+
 @pytest.mark.parametrize(
     "content", [b"", b"not a model at all", b"PK\x03\x04garbage"], ids=["empty", "text", "zip"]
 )

@@ -194,3 +194,25 @@ def test_a_failed_final_prediction_still_finishes_with_the_model(tiny_phantom, t
     notes = [e.message for e in events if isinstance(e, Notice)]
     assert any("model is saved" in n and "predict again" in n for n in notes)
     assert load_checkpoint(events[-1].model_path).iteration == 2
+
+
+def test_crii_same_pass_target_runs_one_forward_per_step(tiny_phantom, tmp_path, monkeypatch):
+    calls = []
+    original = methods.CriiMethod.losses
+
+    def counting(self, model, batch, progress, autocast):
+        handle = model.register_forward_hook(lambda *args: calls.append(1))
+        try:
+            return original(self, model, batch, progress, autocast)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(methods.CriiMethod, "losses", counting)
+    job = tiny_job(tiny_phantom, tmp_path, iterations=5, log_every=1)
+    job.config.loss.teacher = "same-pass"
+    events = run(job)
+    assert isinstance(events[-1], Finished), events[-1]
+    assert len(calls) == 5  # the student's pass only: no teacher, no second pass
+    assert load_checkpoint(events[-1].model_path, num_classes=3).teacher_state is None
+    consistency = [e.losses["consistency"] for e in events if isinstance(e, Progress)]
+    assert consistency and np.isfinite(consistency).all() and max(consistency) > 0

@@ -19,7 +19,11 @@ from training_backend.config import CriiConfig
 from training_backend.errors import CheckpointError, ConfigError
 
 FORMAT_NAME = "napari-crii"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2 added the ``predict`` config section and ``loss.teacher=same-pass``; a reader of version
+1 would refuse them with a vaguer message than the version check gives."""
+READABLE_VERSIONS = (1, 2)
+"""Version 1 files load with the defaults of what they lack."""
 
 
 @dataclass
@@ -76,10 +80,11 @@ def load_checkpoint(
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a napari-crii model file (no '{FORMAT_NAME}' tag)")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: model file format version {version!r}; this napari-crii reads version "
-            f"{FORMAT_VERSION}. Retrain, or use the napari-crii release that wrote it."
+            f"{path}: model file format version {version!r}; this napari-crii reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Retrain, or use the napari-crii release "
+            "that wrote it."
         )
     try:
         config = CriiConfig.from_dict(payload["config"])

@@ -11,7 +11,7 @@ from training_backend.errors import ConfigError
 
 METHODS = ("crii", "supervised", "mean-teacher")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-TEACHERS = ("self", "ema")
+TEACHERS = ("self", "ema", "same-pass")
 ORIENTATIONS = ("slice", "all")
 AUGMENTATIONS = ("none", "affine", "flips", "affine+flips")
 

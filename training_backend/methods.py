@@ -93,14 +93,22 @@ class _TeacherMethod(TrainingMethod):
                 else:
                     value.copy_(student[key])
 
+    same_pass = False
+    """When true the target comes from the student's own refined output of the same forward
+    pass (no second pass): see :meth:`_same_pass_target`."""
+
     def losses(self, model, batch, progress, autocast):
         n = batch.num_labeled
         has_unlabeled = n < batch.image.shape[0]
-        target = self._target(model, batch, progress, autocast) if has_unlabeled else None
+        target = None
+        if has_unlabeled and not self.same_pass:
+            target = self._target(model, batch, progress, autocast)
         strong = intensity_jitter(batch.image[n:], self.generator)
         with autocast():
             out = model(torch.cat([batch.image[:n], strong]))
         named, total = self._labeled_losses(out.coarse[:n], out.refined[:n], batch)
+        if has_unlabeled and self.same_pass:
+            target = self._same_pass_target(out.refined[n:], batch, progress)
         if target is not None:
             valid = batch.valid[n:].float()
             named["consistency"] = self._consistency(out.coarse[n:], out.refined[n:], target, valid)
@@ -113,6 +121,9 @@ class _TeacherMethod(TrainingMethod):
         network = self.teacher if self.teacher is not None else model
         with torch.no_grad(), autocast():
             return torch.softmax(network(batch.image[batch.num_labeled :]).refined.float(), dim=1)
+
+    def _same_pass_target(self, refined, batch, progress) -> torch.Tensor:
+        raise NotImplementedError
 
     def _labeled_losses(
         self, coarse, refined, batch
@@ -141,9 +152,19 @@ class CriiMethod(_TeacherMethod):
 
     def __init__(self, config, model, generator) -> None:
         super().__init__(config, model, generator, use_ema=config.loss.teacher == "ema")
+        self.same_pass = config.loss.teacher == "same-pass"
 
     def _target(self, model, batch, progress, autocast):
         target = super()._target(model, batch, progress, autocast)
+        return self._with_prior(target, batch, progress)
+
+    def _same_pass_target(self, refined, batch, progress):
+        """The refined output of the strong view itself, detached: the coarse head is pulled
+        towards the refined one (and both towards the prior) at the cost of one pass."""
+        target = torch.softmax(refined.detach().float(), dim=1)
+        return self._with_prior(target, batch, progress)
+
+    def _with_prior(self, target, batch, progress):
         if self.config.loss.use_prior and batch.prior is not None:
             n = batch.num_labeled
             alpha = (batch.prior_weight[n:] * (1.0 - 0.5 * progress)).unsqueeze(1)
