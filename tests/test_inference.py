@@ -148,3 +148,18 @@ def test_predict_final_is_the_prediction_then_the_finishing(tiny_phantom):
     assert_same(final, expected)
     assert final.refined.shape == phantom.image.shape and final.refined.dtype == np.uint8
     np.testing.assert_array_equal(final.refined[slices], labels[slices])
+
+
+def test_slice_scores_ignore_unsure_background_far_from_the_structure():
+    refined = np.zeros((10, 4, 4), np.uint8)
+    refined[4:6, 1:3, 1:3] = 1
+    hardness = np.full((10, 4, 4), 0.1, np.float32)
+    hardness[9] = 0.9  # unsure, but four slices beyond the structure
+    hardness[6] = 0.5  # the slice next to its end
+    prediction = VolumePrediction(refined, refined, np.zeros((2, 10, 4, 4), np.float32), hardness)
+    scores = prediction.slice_scores(0)
+    assert scores[9] == 0.0 and scores[6] == pytest.approx(0.5)
+    assert np.flatnonzero(scores > 0).tolist() == [3, 4, 5, 6]
+    assert int(np.argmax(scores)) == 6
+    empty = VolumePrediction(refined * 0, refined * 0, prediction.probabilities, hardness)
+    assert int(np.argmax(empty.slice_scores(0))) == 9  # nothing predicted: every slice counts

@@ -21,6 +21,9 @@ from training_backend.model import CRIINet, build_model
 from training_backend.postprocess import blend_with_prior, keep_annotated_components
 from training_backend.volumes import context_stack, normalize_intensity, round_up
 
+SUGGESTION_REACH_SLICES = 1
+"""Slices beyond the predicted structure that suggestions may still pick (its ends)."""
+
 
 @dataclass
 class VolumePrediction:
@@ -31,10 +34,20 @@ class VolumePrediction:
     probabilities: np.ndarray  # float32 (K, *shape): refined softmax (blended once finished)
     hardness: np.ndarray  # float32 in [0, 1]
 
-    def slice_scores(self, axis: int) -> np.ndarray:
-        """Mean hardness of each slice along ``axis``."""
+    def slice_scores(self, axis: int, reach: int = SUGGESTION_REACH_SLICES) -> np.ndarray:
+        """Mean hardness of each slice along ``axis``; 0 on slices more than ``reach`` slices
+        from any slice where the refined labels hold foreground (all count when none does).
+
+        Unsure background far beyond the structure scored high and drew suggestions there,
+        where an annotation teaches little (benchmarks/results: annotate-next)."""
         other = tuple(a for a in range(3) if a != axis)
-        return self.hardness.mean(axis=other)
+        scores = self.hardness.mean(axis=other)
+        holding = np.flatnonzero(np.any(self.refined != 0, axis=other))
+        if holding.size:
+            positions = np.arange(scores.size)
+            nearest = np.abs(positions[:, None] - holding[None, :]).min(axis=1)
+            scores = np.where(nearest <= reach, scores, 0.0)
+        return scores
 
 
 def load_model(
