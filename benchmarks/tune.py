@@ -2,6 +2,7 @@
 
     python -m benchmarks.tune --variant NAME --method crii --cases 6 --slices 3 \
         --iterations 500 [--set train.augment=none ...]
+    python -m benchmarks.tune --summary       # every variant run so far, as a table
 
 Appends one row per case to ``benchmarks/results/tuning.jsonl``: the Dice of the final mask
 and of the network alone, beside interpolation, and of other ways to finish the same network
@@ -17,12 +18,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.cases import AXIAL, NUM_CLASSES, data_available, load_case, painted, split_names
 from benchmarks.real_data import RESULTS, machine
 from benchmarks.runs import interpolate_case, make_config, predict_case, score, train_round
+from training_backend.checkpoint import load_checkpoint
 from training_backend.cli import _parse_value
+from training_backend.inference import finish_prediction, predict_with_config
 from training_backend.metrics import mean_dice
+from training_backend.model import build_model
 from training_backend.postprocess import keep_annotated_components
 from training_backend.prior import shape_prior
 from training_backend.simulate import spread_slices
@@ -42,17 +47,83 @@ def finishing_variants(predicted, annotation, case) -> dict[str, float]:
         "confidence-0.5": 0.5 * prior.confidence[None],
         "confidence-1.0": prior.confidence[None],
     }
+    inside = np.zeros(annotation.annotated.shape, np.float32)
+    marked = np.flatnonzero(annotation.annotated)
+    inside[marked[0] : marked[-1] + 1] = 1.0
+    inside = np.expand_dims(inside, tuple(a for a in range(3) if a != AXIAL))[None]
+    weights["blend-0.5-inside-range"] = 0.5 * inside
+    blends = {
+        name: (1.0 - weight) * probabilities + weight * prior.probabilities
+        for name, weight in weights.items()
+    }
+    blends["foreground-blend-0.5"] = _foreground_blend(probabilities, prior.probabilities, 0.5)
     out = {}
-    for name, weight in weights.items():
-        blended = (1.0 - weight) * probabilities + weight * prior.probabilities
+    for name, blended in blends.items():
         labels = keep_annotated_components(blended.argmax(0).astype(np.uint8), annotation)
         out[name] = round(mean_dice(labels, case.truth, NUM_CLASSES), 4)
     return out
 
 
+def teacher_dice(trained, case, annotation) -> float | None:
+    """Dice of the final mask made with the EMA teacher's weights instead of the student's
+    (None without a teacher)."""
+    data = load_checkpoint(trained.model_path)
+    if data.teacher_state is None:
+        return None
+    device = torch.device("cpu")
+    model = build_model(data.config.model, device)
+    model.load_state_dict(data.teacher_state)
+    model.eval()
+    network = predict_with_config(model, trained.config, case.image, AXIAL, device)
+    final = finish_prediction(network, trained.config, AXIAL, annotation, case.spacing)
+    return round(mean_dice(final.refined, case.truth, NUM_CLASSES), 4)
+
+
+def _foreground_blend(network: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
+    """Blend only the foreground probability with the prior; split it among the classes as
+    the network does."""
+    foreground = (1.0 - weight) * (1.0 - network[0]) + weight * (1.0 - prior[0])
+    share = network[1:] / np.maximum(network[1:].sum(0, keepdims=True), 1e-6)
+    return np.concatenate([(1.0 - foreground)[None], foreground[None] * share])
+
+
+def summary(path: Path) -> str:
+    """A Markdown table of every variant in ``path``, in the order first run: cases, k,
+    iterations, mean Dice of the final mask, per class, and of the network alone."""
+    groups: dict[str, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            groups.setdefault(row["variant"], []).append(row)
+    out = [
+        "| variant | method | settings | cases | k | iterations | final Dice | class 1 | "
+        "class 2 | network alone |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in groups.items():
+        first = rows[0]
+        settings = ", ".join(f"{k}={v}" for k, v in first["settings"].items()) or "defaults"
+        if first.get("note"):
+            settings += f" ({first['note']})"
+        iterations = sorted({r["iterations"] for r in rows})
+        out.append(
+            f"| {name} | {first['method']} | {settings} | {len(rows)} | {first['k']} | "
+            f"{'/'.join(map(str, iterations))} | {_mean(rows, 'mean_dice'):.3f} | "
+            f"{np.mean([r['dice'][0] for r in rows]):.3f} | "
+            f"{np.mean([r['dice'][1] for r in rows]):.3f} | {_mean(rows, 'network_dice'):.3f} |"
+        )
+    return "\n".join(out)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", required=True, help="a name for this row set")
+    parser.add_argument("--variant", help="a name for this row set")
+    parser.add_argument("--summary", action="store_true",
+                        help="print a table of every variant in --out and stop")  # fmt: skip
     parser.add_argument("--method", default="crii")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--first-case", type=int, default=0)
@@ -62,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
     parser.add_argument("--out", type=Path, default=RESULTS / "tuning.jsonl")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.out))
+        return 0
+    if not args.variant:
+        parser.error("--variant is required to run a variant")
     if not data_available():
         print("the hippocampus data is not beside the repository", file=sys.stderr)
         return 2
@@ -80,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             trained = train_round(config, [volume], Path(scratch))
             predicted = predict_case(trained, case, annotation)
+            teacher = teacher_dice(trained, case, annotation)
         interpolated = interpolate_case("interpolation-extrapolated", labels, annotation, case)
         row = {
             "variant": args.variant,
@@ -94,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             "network_dice": round(mean_dice(predicted.extra["network"], case.truth, 3), 4),
             "interpolation_dice": score(interpolated.labels, case)["mean_dice"],
             "finishing_variants": finishing_variants(predicted, annotation, case),
+            "teacher_dice": teacher,
             "machine": machine(),
         }
         rows.append(row)
