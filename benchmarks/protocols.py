@@ -70,24 +70,44 @@ class Setting:
     dataset_budget_seconds: float
     equal_iteration_counts: tuple[int, ...]
     """Slice counts at which the equal-iteration comparison is also run."""
+    rate_repeats: int = 3
+    """Times each method's rate is measured (the median is kept)."""
 
 
 SETTINGS = {
-    # quick: fewer volumes and one seed, the same budget per round as full
+    # quick: every protocol end to end in about 15 min, the same budget per round as full;
+    # too few volumes for a verdict (the full setting gives those)
     "quick": Setting(
         name="quick",
-        test_cases=3,
+        test_cases=2,
         seeds=(0,),
         slice_counts=(2, 3, 5),
         budget_seconds=15.0,
-        ablation_cases=3,
-        next_cases=2,
+        ablation_cases=2,
+        next_cases=1,
         next_rounds=3,
         next_budget_seconds=10.0,
         dataset_labeled=8,
         dataset_eval_cases=8,
-        dataset_budget_seconds=40.0,
+        dataset_budget_seconds=30.0,
         equal_iteration_counts=(3,),
+        rate_repeats=2,
+    ),
+    # long: the interactive protocol at the product's default round of 60 s, k = 2 and 3
+    "long": Setting(
+        name="long",
+        test_cases=52,
+        seeds=(0,),
+        slice_counts=(2, 3),
+        budget_seconds=60.0,
+        ablation_cases=0,
+        next_cases=0,
+        next_rounds=0,
+        next_budget_seconds=0.0,
+        dataset_labeled=0,
+        dataset_eval_cases=0,
+        dataset_budget_seconds=0.0,
+        equal_iteration_counts=(),
     ),
     "full": Setting(
         name="full",

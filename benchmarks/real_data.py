@@ -46,13 +46,25 @@ def machine() -> str:
     return f"CPU {model}, {torch.get_num_threads()} threads"
 
 
-def load_rates(folder: Path, fresh: bool) -> Rates:
+def load_rates(folder: Path, fresh: bool, remeasure: bool = False, repeats: int = 3) -> Rates:
+    """The stored rates of ``folder``, measured first where there are none or ``fresh``.
+
+    ``remeasure`` measures again but keeps the rows: the new rates are rebased so that
+    ``supervised`` keeps its stored rate (its rows stay valid) and every other method gets
+    its newly measured speed relative to ``supervised``. The rates a file replaces are kept
+    in ``rates-history.jsonl``, the raw new measurement inside the file."""
     path = folder / "rates.json"
-    if not path.is_file() or fresh:
+    if not path.is_file() or fresh or remeasure:
+        previous = json.loads(path.read_text()) if path.is_file() else None
+        if previous is not None:
+            with open(folder / "rates-history.jsonl", "a") as stream:
+                stream.write(json.dumps(previous) + "\n")
         print("measuring each method's iterations per second ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as scratch:
-            rates = calibrate(Path(scratch), split_names("train")[0])
+            rates = calibrate(Path(scratch), split_names("train")[0], repeats=repeats)
         record = {**rates.to_dict(), "device": runs.DEVICE, "machine": machine()}
+        if remeasure and not fresh and previous is not None:
+            record = rebased(record, previous)
         path.write_text(json.dumps(record, indent=1) + "\n")
     data = json.loads(path.read_text())  # always the stored figures, so a resume matches
     if data.get("device", "cpu") != runs.DEVICE:
@@ -63,12 +75,27 @@ def load_rates(folder: Path, fresh: bool) -> Rates:
     return Rates(data["iterations_per_second"], data["setup_seconds"], data["case"], data["slices"])
 
 
-def run(setting: Setting, protocols: list[str], out: Path, fresh: bool) -> int:
+def rebased(measured: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """``measured`` rates scaled so that ``supervised`` keeps its ``previous`` rate; the raw
+    measurement is kept under ``measured_iterations_per_second``."""
+    raw = measured["iterations_per_second"]
+    scale = previous["iterations_per_second"]["supervised"] / raw["supervised"]
+    return {
+        **measured,
+        "iterations_per_second": {m: round(r * scale, 3) for m, r in raw.items()},
+        "measured_iterations_per_second": raw,
+        "rebased_to": "the supervised rate of the rows kept from the previous measurement",
+    }
+
+
+def run(
+    setting: Setting, protocols: list[str], out: Path, fresh: bool, remeasure_rates: bool = False
+) -> int:
     setting_name = setting.name
     folder = out / setting_name
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rates = load_rates(folder, fresh)
+    rates = load_rates(folder, fresh, remeasure_rates, setting.rate_repeats)
     print(f"rates: {rates.to_dict()}", file=sys.stderr, flush=True)
     for name in protocols:
         path = folder / f"{name}.jsonl"
@@ -124,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this protocol (repeatable); default: all")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fresh", action="store_true", help="discard earlier rows and rates")
+    parser.add_argument("--remeasure-rates", action="store_true",
+                        help="measure the rates again and keep the rows: the new rates are "
+                        "rebased to the stored supervised rate (see load_rates)")  # fmt: skip
     parser.add_argument("--max-cases", type=int, help="only the first N volumes (a partial run "
                         "that a later run of the same setting completes)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (partial run)")
@@ -147,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.seeds:
         setting = dataclasses.replace(setting, seeds=tuple(args.seeds))
-    return run(setting, args.protocol or list(PROTOCOLS), args.out, args.fresh)
+    return run(
+        setting, args.protocol or list(PROTOCOLS), args.out, args.fresh, args.remeasure_rates
+    )
 
 
 if __name__ == "__main__":

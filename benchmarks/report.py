@@ -203,7 +203,8 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
         ]
     interactive = read_rows(folder, "interactive")
     if interactive:
-        methods = ["crii", *BASELINES]
+        earlier = sorted({r["method"] for r in interactive} - {"crii", *BASELINES})
+        methods = ["crii", *BASELINES, *earlier]  # earlier: crii variants replaced since
         machine = interactive[0].get("machine", "")
         out += ["### Interactive protocol (test volumes, k annotated axial slices)", ""]
         for k in sorted({r["k"] for r in interactive}):
