@@ -349,7 +349,8 @@ def _next_row(case, strategy, round_index, slices, result, seed):
 
 def _pick(strategy: str, case: Case, slices: list[int], previous: dict, rng) -> list[int]:
     """Two more slices. ``even`` and ``random`` stay inside the structure's extent (a person
-    sees where it is); ``suggested`` may pick any slice, an all-background one included."""
+    sees where it is); ``suggested`` takes the model's ranking, which keeps to slices within
+    one slice of the predicted structure (fewer than two when it runs out)."""
     annotated = np.zeros(case.truth.shape[AXIAL], bool)
     annotated[slices] = True
     if strategy == "suggested":
@@ -374,6 +375,8 @@ def dataset(
     """The paper's protocol: ``dataset_labeled`` of the ``train`` cases fully labeled, the
     rest unlabeled; each method trained once per seed and scored on the ``test`` cases; the
     fully supervised upper bound is trained on every ``train`` case with its labels."""
+    if setting.dataset_eval_cases == 0:
+        return  # a setting without this protocol (long)
     train_names = split_names("train")
     labeled_names = train_names[: setting.dataset_labeled]
     labeled = [_full_volume(load_case(n)) for n in labeled_names]

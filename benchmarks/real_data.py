@@ -26,7 +26,16 @@ import torch
 
 from benchmarks import runs
 from benchmarks.cases import data_available, split_names
-from benchmarks.protocols import PROTOCOLS, SETTINGS, Rates, Setting, calibrate, row_key
+from benchmarks.protocols import (
+    LEARNED,
+    PROTOCOLS,
+    SETTINGS,
+    Rates,
+    Setting,
+    calibrate,
+    row_key,
+)
+from training_backend.atomic import write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,46 +55,89 @@ def machine() -> str:
     return f"CPU {model}, {torch.get_num_threads()} threads"
 
 
-def load_rates(folder: Path, fresh: bool, remeasure: bool = False, repeats: int = 3) -> Rates:
+def load_rates(folder: Path, setting: Setting, fresh: bool, remeasure: bool = False) -> Rates:
     """The stored rates of ``folder``, measured first where there are none or ``fresh``.
 
-    ``remeasure`` measures again but keeps the rows: the new rates are rebased so that
-    ``supervised`` keeps its stored rate (its rows stay valid) and every other method gets
-    its newly measured speed relative to ``supervised``. The rates a file replaces are kept
-    in ``rates-history.jsonl``, the raw new measurement inside the file."""
+    ``remeasure`` (once, before resuming) measures again but keeps the rows: the new rates
+    are :func:`rebased` so that ``supervised`` keeps its stored rate and setup (its rows stay
+    valid), and :func:`supersede_stale_rows` renames the equal-time rows of the other methods
+    made at the old rates. The rates a file replaces go to ``rates-history.jsonl``."""
     path = folder / "rates.json"
     if not path.is_file() or fresh or remeasure:
         previous = json.loads(path.read_text()) if path.is_file() else None
-        if previous is not None:
-            with open(folder / "rates-history.jsonl", "a") as stream:
-                stream.write(json.dumps(previous) + "\n")
+        if remeasure and not fresh and previous is not None:
+            _refuse_paced_rows(folder)
         print("measuring each method's iterations per second ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as scratch:
-            rates = calibrate(Path(scratch), split_names("train")[0], repeats=repeats)
+            rates = calibrate(Path(scratch), split_names("train")[0], repeats=setting.rate_repeats)
         record = {**rates.to_dict(), "device": runs.DEVICE, "machine": machine()}
         if remeasure and not fresh and previous is not None:
             record = rebased(record, previous)
         path.write_text(json.dumps(record, indent=1) + "\n")
+        if previous is not None:
+            with open(folder / "rates-history.jsonl", "a") as stream:
+                stream.write(json.dumps(previous) + "\n")
     data = json.loads(path.read_text())  # always the stored figures, so a resume matches
     if data.get("device", "cpu") != runs.DEVICE:
         raise SystemExit(
             f"{path} holds rates measured on {data.get('device', 'cpu')}, not {runs.DEVICE}: "
             "use another --out folder for another device"
         )
-    return Rates(data["iterations_per_second"], data["setup_seconds"], data["case"], data["slices"])
+    rates = Rates(data["iterations_per_second"], data["setup_seconds"], data["case"],
+                  data["slices"])  # fmt: skip
+    if remeasure and not fresh:
+        supersede_stale_rows(folder / "interactive.jsonl", rates, setting.budget_seconds)
+    return rates
 
 
 def rebased(measured: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
-    """``measured`` rates scaled so that ``supervised`` keeps its ``previous`` rate; the raw
-    measurement is kept under ``measured_iterations_per_second``."""
+    """``measured`` rates scaled so that ``supervised`` keeps its ``previous`` rate and setup
+    (so its iterations per budget); the raw measurement is kept beside them."""
     raw = measured["iterations_per_second"]
     scale = previous["iterations_per_second"]["supervised"] / raw["supervised"]
+    setups = dict(measured["setup_seconds"])
+    setups["supervised"] = previous["setup_seconds"]["supervised"]
     return {
         **measured,
         "iterations_per_second": {m: round(r * scale, 3) for m, r in raw.items()},
+        "setup_seconds": setups,
         "measured_iterations_per_second": raw,
-        "rebased_to": "the supervised rate of the rows kept from the previous measurement",
+        "measured_setup_seconds": measured["setup_seconds"],
+        "rebased_to": "the supervised rate and setup of the rows kept from the previous "
+        "measurement",
     }
+
+
+def supersede_stale_rows(path: Path, rates: Rates, budget_seconds: float) -> int:
+    """Rename equal-time rows of learned methods whose iterations the new ``rates`` no longer
+    give to ``<method>-<iterations>-iterations``: they stay in the results, beside the rows
+    the rerun makes. Returns how many were renamed."""
+    if not path.is_file():
+        return 0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    renamed = 0
+    for row in rows:
+        method = row["method"]
+        if row.get("budget") != "time" or method not in LEARNED:
+            continue
+        if row["iterations"] != rates.iterations(method, budget_seconds):
+            row["method"] = f"{method}-{row['iterations']}-iterations"
+            renamed += 1
+    if renamed:
+        write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+        print(f"{path.name}: {renamed} rows made at the old rates renamed", file=sys.stderr)
+    return renamed
+
+
+def _refuse_paced_rows(folder: Path) -> None:
+    """Rows of the protocols paced by one method's rate cannot be told apart by name."""
+    paced = [name for name in ("ablation", "annotate-next", "dataset")
+             if (folder / f"{name}.jsonl").is_file()]  # fmt: skip
+    if paced:
+        raise SystemExit(
+            f"{folder} holds {', '.join(paced)} rows paced by the old rates: move them away "
+            "(or use --fresh) before --remeasure-rates"
+        )
 
 
 def run(
@@ -95,7 +147,7 @@ def run(
     folder = out / setting_name
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rates = load_rates(folder, fresh, remeasure_rates, setting.rate_repeats)
+    rates = load_rates(folder, setting, fresh, remeasure_rates)
     print(f"rates: {rates.to_dict()}", file=sys.stderr, flush=True)
     for name in protocols:
         path = folder / f"{name}.jsonl"
@@ -152,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fresh", action="store_true", help="discard earlier rows and rates")
     parser.add_argument("--remeasure-rates", action="store_true",
-                        help="measure the rates again and keep the rows: the new rates are "
-                        "rebased to the stored supervised rate (see load_rates)")  # fmt: skip
+                        help="measure the rates again, once, and keep the rows: the new rates "
+                        "are rebased to the stored supervised rate and rows made at the old "
+                        "ones renamed (see load_rates)")  # fmt: skip
     parser.add_argument("--max-cases", type=int, help="only the first N volumes (a partial run "
                         "that a later run of the same setting completes)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (partial run)")

@@ -201,10 +201,19 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
             + ". Each learned method gets (budget − setup) × rate iterations.",
             "",
         ]
+        if rates.get("rebased_to"):
+            out += [
+                "The rates were measured again before the latest rows and rebased to "
+                f"{rates['rebased_to']}, so those rows stay at equal wall-clock time; measured: "
+                + ", ".join(f"{m} {r}" for m, r in rates["measured_iterations_per_second"].items())
+                + " iterations per second. Rows named `<method>-<n>-iterations` were made at the "
+                "earlier rates and superseded by the rerun.",
+                "",
+            ]
     interactive = read_rows(folder, "interactive")
     if interactive:
         earlier = sorted({r["method"] for r in interactive} - {"crii", *BASELINES})
-        methods = ["crii", *BASELINES, *earlier]  # earlier: crii variants replaced since
+        methods = ["crii", *BASELINES, *earlier]  # earlier: rows superseded by a rerun
         machine = interactive[0].get("machine", "")
         out += ["### Interactive protocol (test volumes, k annotated axial slices)", ""]
         for k in sorted({r["k"] for r in interactive}):

@@ -5,8 +5,9 @@
     python -m benchmarks.tune --summary       # every variant run so far, as a table
 
 Appends one row per case to ``benchmarks/results/tuning.jsonl``: the Dice of the final mask
-and of the network alone, beside interpolation, and of other ways to finish the same network
-output (the late prior blend's weight). Every variant that was run stays in the file.
+and of the network alone, beside interpolation, of other ways to finish the same network
+output (:func:`finishing_variants`), and of the final mask made with the EMA teacher's
+weights. Every variant that was run stays in the file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from benchmarks.cases import AXIAL, NUM_CLASSES, data_available, load_case, painted, split_names
 from benchmarks.real_data import RESULTS, machine
-from benchmarks.runs import interpolate_case, make_config, predict_case, score, train_round
+from benchmarks.runs import DEVICE, interpolate_case, make_config, predict_case, score, train_round
 from training_backend.checkpoint import load_checkpoint
 from training_backend.cli import _parse_value
 from training_backend.inference import finish_prediction, predict_with_config
@@ -36,7 +37,8 @@ from training_backend.trainer import TrainingVolume
 
 def finishing_variants(predicted, annotation, case) -> dict[str, float]:
     """Mean Dice of other ways to finish the same network output (no retraining): the late
-    blend at other weights, a blend weighted by the prior's confidence, and none."""
+    blend at other weights, weighted by the prior's confidence, only inside the annotated
+    range, on the foreground alone (classes split as the network does), and none."""
     probabilities = predicted.extra["probabilities"]
     prior = shape_prior(annotation.labels, annotation.annotated, AXIAL, NUM_CLASSES,
                         extrapolate=True, spacing=case.spacing)  # fmt: skip
@@ -70,7 +72,7 @@ def teacher_dice(trained, case, annotation) -> float | None:
     data = load_checkpoint(trained.model_path)
     if data.teacher_state is None:
         return None
-    device = torch.device("cpu")
+    device = torch.device(DEVICE)
     model = build_model(data.config.model, device)
     model.load_state_dict(data.teacher_state)
     model.eval()
@@ -83,7 +85,10 @@ def _foreground_blend(network: np.ndarray, prior: np.ndarray, weight: float) -> 
     """Blend only the foreground probability with the prior; split it among the classes as
     the network does."""
     foreground = (1.0 - weight) * (1.0 - network[0]) + weight * (1.0 - prior[0])
-    share = network[1:] / np.maximum(network[1:].sum(0, keepdims=True), 1e-6)
+    network_foreground = network[1:].sum(0, keepdims=True)
+    prior_share = prior[1:] / np.maximum(prior[1:].sum(0, keepdims=True), 1e-6)
+    share = np.where(network_foreground > 1e-6,  # the prior's split where the network has none
+                     network[1:] / np.maximum(network_foreground, 1e-6), prior_share)  # fmt: skip
     return np.concatenate([(1.0 - foreground)[None], foreground[None] * share])
 
 

@@ -13,22 +13,45 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.real_data import rebased  # noqa: E402
+from benchmarks.protocols import Rates  # noqa: E402
+from benchmarks.real_data import rebased, supersede_stale_rows  # noqa: E402
 from benchmarks.tune import summary  # noqa: E402
 
 
 def test_rebased_rates_keep_supervised_and_the_measured_ratios() -> None:
-    previous = {"iterations_per_second": {"crii": 15.0, "supervised": 20.0}}
+    previous = {
+        "iterations_per_second": {"crii": 15.0, "supervised": 20.0},
+        "setup_seconds": {"crii": 0.1, "supervised": 0.5},
+    }
     measured = {
         "iterations_per_second": {"crii": 19.0, "supervised": 25.0},
         "setup_seconds": {"crii": 0.3, "supervised": 0.1},
     }
     out = rebased(measured, previous)
-    rates = out["iterations_per_second"]
-    assert rates["supervised"] == 20.0
-    assert rates["crii"] == pytest.approx(20.0 * 19.0 / 25.0, abs=1e-3)
+    rates = Rates(out["iterations_per_second"], out["setup_seconds"], "case", 3)
+    old = Rates(previous["iterations_per_second"], previous["setup_seconds"], "case", 3)
+    assert rates.iterations("supervised", 15.0) == old.iterations("supervised", 15.0)
+    assert out["iterations_per_second"]["crii"] == pytest.approx(20.0 * 19.0 / 25.0, abs=1e-3)
+    assert out["setup_seconds"]["crii"] == 0.3
     assert out["measured_iterations_per_second"] == {"crii": 19.0, "supervised": 25.0}
-    assert out["setup_seconds"] == measured["setup_seconds"]
+
+
+def test_rows_made_at_the_old_rates_are_renamed_not_dropped(tmp_path: Path) -> None:
+    rates = Rates({"crii": 20.0, "supervised": 20.0, "mean-teacher": 10.0},
+                  {"crii": 0.0, "supervised": 0.0, "mean-teacher": 0.0}, "case", 3)  # fmt: skip
+    rows = [
+        {"method": "crii", "budget": "time", "iterations": 150},  # stale: now 200
+        {"method": "supervised", "budget": "time", "iterations": 200},  # still right
+        {"method": "crii", "budget": "iterations", "iterations": 200},  # paced by supervised
+        {"method": "interpolation", "budget": "none"},
+    ]
+    path = tmp_path / "interactive.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert supersede_stale_rows(path, rates, 10.0) == 1
+    after = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["method"] for r in after] == [
+        "crii-150-iterations", "supervised", "crii", "interpolation"]  # fmt: skip
+    assert supersede_stale_rows(path, rates, 10.0) == 0  # a second pass changes nothing
 
 
 def test_tuning_summary_groups_rows_by_variant_in_run_order(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from training_backend.inference import (
     finish_prediction,
     predict_final,
     predict_with_config,
+    suggest_slices,
 )
 from training_backend.model import build_model
 from training_backend.postprocess import blend_with_prior, keep_annotated_components
@@ -163,3 +164,9 @@ def test_slice_scores_ignore_unsure_background_far_from_the_structure():
     assert int(np.argmax(scores)) == 6
     empty = VolumePrediction(refined * 0, refined * 0, prediction.probabilities, hardness)
     assert int(np.argmax(empty.slice_scores(0))) == 9  # nothing predicted: every slice counts
+
+
+def test_suggestions_never_pick_a_slice_scored_zero():
+    scores = np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0])
+    picks = suggest_slices(scores, np.zeros(10, bool), count=5, min_gap=2)
+    assert [index for index, _ in picks] == [2, 6]  # fewer than asked, no filler slices

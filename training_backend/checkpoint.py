@@ -20,8 +20,9 @@ from training_backend.errors import CheckpointError, ConfigError
 
 FORMAT_NAME = "napari-crii"
 FORMAT_VERSION = 2
-"""2 added the ``predict`` config section and ``loss.teacher=same-pass``; a reader of version
-1 would refuse them with a vaguer message than the version check gives."""
+"""2 may hold ``loss.teacher=same-pass`` and ``loss.prior_extrapolate``, and always holds the
+``predict`` section (late version-1 files hold it too). A version-1 reader refuses all of
+these with a vaguer message than the version check gives."""
 READABLE_VERSIONS = (1, 2)
 """Version 1 files load with the defaults of what they lack."""
 

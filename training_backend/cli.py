@@ -24,7 +24,6 @@ from training_backend.events import Error, Event, encode
 from training_backend.inference import (
     load_model,
     predict_final,
-    predict_with_config,
     suggest_slices,
 )
 from training_backend.io import (
@@ -489,7 +488,9 @@ def run_suggest(args: argparse.Namespace) -> int:
         source=str(args.labels),
     )
     _check_prediction_memory(image, data.config)
-    prediction = predict_with_config(model, data.config, image.array, axis, device)
+    prediction = predict_final(
+        model, data.config, image.array, axis, device, annotation, image.geometry.zooms
+    )
     picks = suggest_slices(prediction.slice_scores(axis), annotation.annotated, args.count)
     result = {
         "axis": axis,

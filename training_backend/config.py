@@ -40,6 +40,7 @@ class LossConfig:
     patch_size: int = 16
     hard_pixels: int = 8
     use_prior: bool = True
+    prior_extrapolate: bool = True  # the training target uses the prior beyond the outer slices
     teacher: str = "ema"
     ema_decay: float = 0.99
 
@@ -167,6 +168,7 @@ class CriiConfig:
         _float_in("predict.prior_blend", self.predict.prior_blend, 0.0, 1.0)
         for name, value in (
             ("loss.use_prior", lo.use_prior),
+            ("loss.prior_extrapolate", lo.prior_extrapolate),
             ("train.mixed_precision", t.mixed_precision),
             ("predict.keep_annotated_components", self.predict.keep_annotated_components),
         ):

@@ -234,7 +234,8 @@ def suggest_slices(
     min_gap: int | None = None,
 ) -> list[tuple[int, float]]:
     """Rank unannotated slices by score, keeping picks ``min_gap`` slices from each other and
-    from annotated slices (default: about 5% of the slices, at least 2)."""
+    from annotated slices (default: about 5% of the slices, at least 2). Slices scoring 0 are
+    never picked, so fewer than ``count`` may come back."""
     scores = np.asarray(scores, dtype=np.float64)
     annotated = np.asarray(annotated, dtype=bool)
     total = scores.shape[0]
@@ -242,8 +243,8 @@ def suggest_slices(
     taken = list(np.flatnonzero(annotated))
     picks: list[tuple[int, float]] = []
     for index in np.argsort(-scores, kind="stable"):
-        if len(picks) >= count:
-            break
+        if len(picks) >= count or scores[index] <= 0.0:
+            break  # a zero score is a slice ruled out (far from the structure), not a pick
         if annotated[index] or any(abs(int(index) - t) < gap for t in taken):
             continue
         picks.append((int(index), float(scores[index])))

@@ -138,7 +138,7 @@ def _prepare_volumes(job: TrainingJob, axis: int) -> list[SliceVolume]:
                 annotation.annotated,
                 axis,
                 config.model.num_classes,
-                extrapolate=True,
+                extrapolate=config.loss.prior_extrapolate,
                 spacing=volume.spacing,
             )
             reliability = None
