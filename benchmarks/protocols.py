@@ -93,7 +93,6 @@ SETTINGS = {
         dataset_eval_cases=8,
         dataset_budget_seconds=30.0,
         equal_iteration_counts=(3,),
-        rate_repeats=2,
     ),
     # long: the interactive protocol at the product's default round of 60 s, k = 2 and 3,
     # crii against supervised (the baseline that 15 s rounds left undecided)

@@ -149,6 +149,7 @@ def run(
     started = time.perf_counter()
     rates = load_rates(folder, setting, fresh, remeasure_rates)
     print(f"rates: {rates.to_dict()}", file=sys.stderr, flush=True)
+    made_per_protocol = []
     for name in protocols:
         path = folder / f"{name}.jsonl"
         if fresh and path.exists():
@@ -169,12 +170,13 @@ def run(
                 print(_summary(row), file=sys.stderr, flush=True)
         minutes = (time.perf_counter() - protocol_start) / 60
         print(f"{name}: {made} new rows in {minutes:.1f} min", file=sys.stderr, flush=True)
+        made_per_protocol.append(f"{name} {made} new rows in {minutes:.1f} min")
     total = (time.perf_counter() - started) / 60
     log = folder / "runtime.txt"
     with open(log, "a") as stream:
         stream.write(
             f"{setting_name} {','.join(protocols)} ({_scope(setting)}): {total:.1f} min "
-            f"on {machine()}\n"
+            f"on {machine()} ({'; '.join(made_per_protocol)}; rows already there skipped)\n"
         )
     print(f"done in {total:.1f} min; rows under {folder}", file=sys.stderr)
     return 0
