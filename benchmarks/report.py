@@ -193,7 +193,12 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
             "```", runtime, "```", ""]  # fmt: skip
     if rates:
         out += [
-            f"Training rates measured side by side before the runs ({rates.get('machine')}; "
+            (
+                "Training rates in use (rebased, see below)"
+                if rates.get("rebased_to")
+                else "Training rates measured side by side before the runs"
+            )
+            + f" ({rates.get('machine')}; "
             f"case {rates['case']}, {rates['slices']} slices): iterations per second "
             + ", ".join(f"{m} {r}" for m, r in rates["iterations_per_second"].items())
             + "; setup seconds "
@@ -207,7 +212,7 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
                 f"{rates['rebased_to']}, so those rows stay at equal wall-clock time; measured: "
                 + ", ".join(f"{m} {r}" for m, r in rates["measured_iterations_per_second"].items())
                 + " iterations per second. Rows named `<method>-<n>-iterations` were made at the "
-                "earlier rates and superseded by the rerun.",
+                "earlier rates (`rates-history.jsonl`) and superseded by the rerun.",
                 "",
             ]
     interactive = read_rows(folder, "interactive")
@@ -231,7 +236,8 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
                 out += [*method_table(rows_eq, ["crii", "supervised", "mean-teacher"]), ""]
                 out += [*difference_table(rows_eq, "crii", ["supervised", "mean-teacher"]), ""]
         plot = images / f"results-{label}-dice-vs-slices.png"
-        dice_by_slices_plot(interactive, methods, plot, f"{setting} setting, test volumes")
+        current = ["crii", *BASELINES]  # superseded rows stay in the tables, not the plot
+        dice_by_slices_plot(interactive, current, plot, f"{setting} setting, test volumes")
         out += [f"![Dice against annotated slices](images/{plot.name})", ""]
     ablation = read_rows(folder, "ablation")
     if ablation:
