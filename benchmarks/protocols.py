@@ -70,8 +70,6 @@ class Setting:
     dataset_budget_seconds: float
     equal_iteration_counts: tuple[int, ...]
     """Slice counts at which the equal-iteration comparison is also run."""
-    rate_repeats: int = 3
-    """Times each method's rate is measured (the median is kept)."""
     interactive_methods: tuple[str, ...] = LEARNED
     """The learned methods of the interactive protocol (interpolation always runs)."""
 

@@ -69,7 +69,7 @@ def load_rates(folder: Path, setting: Setting, fresh: bool, remeasure: bool = Fa
             _refuse_paced_rows(folder)
         print("measuring each method's iterations per second ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory() as scratch:
-            rates = calibrate(Path(scratch), split_names("train")[0], repeats=setting.rate_repeats)
+            rates = calibrate(Path(scratch), split_names("train")[0])
         record = {**rates.to_dict(), "device": runs.DEVICE, "machine": machine()}
         if remeasure and not fresh and previous is not None:
             record = rebased(record, previous)
