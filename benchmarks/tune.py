@@ -24,11 +24,9 @@ import torch
 from benchmarks.cases import AXIAL, NUM_CLASSES, data_available, load_case, painted, split_names
 from benchmarks.real_data import RESULTS, machine
 from benchmarks.runs import DEVICE, interpolate_case, make_config, predict_case, score, train_round
-from training_backend.checkpoint import load_checkpoint
 from training_backend.cli import _parse_value
-from training_backend.inference import finish_prediction, predict_with_config
+from training_backend.inference import load_model, predict_final
 from training_backend.metrics import mean_dice
-from training_backend.model import build_model
 from training_backend.postprocess import keep_annotated_components
 from training_backend.prior import shape_prior
 from training_backend.simulate import spread_slices
@@ -69,15 +67,13 @@ def finishing_variants(predicted, annotation, case) -> dict[str, float]:
 def teacher_dice(trained, case, annotation) -> float | None:
     """Dice of the final mask made with the EMA teacher's weights instead of the student's
     (None without a teacher)."""
-    data = load_checkpoint(trained.model_path)
+    device = torch.device(DEVICE)
+    model, data = load_model(trained.model_path, device)
     if data.teacher_state is None:
         return None
-    device = torch.device(DEVICE)
-    model = build_model(data.config.model, device)
     model.load_state_dict(data.teacher_state)
-    model.eval()
-    network = predict_with_config(model, trained.config, case.image, AXIAL, device)
-    final = finish_prediction(network, trained.config, AXIAL, annotation, case.spacing)
+    final = predict_final(model, trained.config, case.image, AXIAL, device, annotation,
+                          case.spacing)  # fmt: skip
     return round(mean_dice(final.refined, case.truth, NUM_CLASSES), 4)
 
 
