@@ -120,6 +120,19 @@ def test_suggest_prints_json_that_skips_annotated_slices(case, tmp_path, capsys)
     assert 1 <= len(picked) <= 3 and not set(picked) & set(slices)
 
 
+def test_suggest_counts_background_slices_as_annotated(case, tmp_path, capsys):
+    image, labels, _, slices = case
+    assert main(train_args(case, tmp_path / "run", "--background-slices", "0,1")) == 0
+    capsys.readouterr()
+    code = main(["suggest", "--model", str(tmp_path / "run" / "model.pt"), "--image", str(image),
+                 "--labels", str(labels), "--background-slices", "0,1", "--count", "3",
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["annotated"] == sorted({0, 1, *slices})
+    assert not {0, 1} & {item["index"] for item in result["slices"]}
+
+
 def test_warm_start_with_init(case, tmp_path):
     assert main(train_args(case, tmp_path / "a")) == 0
     assert main(train_args(case, tmp_path / "b", "--init", str(tmp_path / "a" / "model.pt"))) == 0

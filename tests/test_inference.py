@@ -164,6 +164,10 @@ def test_slice_scores_ignore_unsure_background_far_from_the_structure():
     assert int(np.argmax(scores)) == 6
     empty = VolumePrediction(refined * 0, refined * 0, prediction.probabilities, hardness)
     assert int(np.argmax(empty.slice_scores(0))) == 9  # nothing predicted: every slice counts
+    assert np.flatnonzero(prediction.slice_scores(0, reach=2) > 0).tolist() == [2, 3, 4, 5, 6, 7]
+    single = VolumePrediction(refined[4:5], refined[4:5], prediction.probabilities[:, 4:5],
+                              hardness[4:5])  # fmt: skip
+    assert single.slice_scores(0, reach=3).tolist() == pytest.approx([0.1])
 
 
 def test_suggestions_never_pick_a_slice_scored_zero():

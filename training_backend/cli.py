@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, type=Path)
     s.add_argument("--image", required=True, type=Path)
     s.add_argument("--labels", required=True, type=Path)
+    s.add_argument(
+        "--background-slices",
+        metavar="SLICES",
+        help="the annotated slices that hold only background, as in training",
+    )
     s.add_argument("--count", type=int, default=5)
     s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--axis", type=int, choices=(0, 1, 2))
@@ -429,14 +434,7 @@ def run_predict(args: argparse.Namespace) -> int:
     _check_prediction_memory(volume, data.config)
     annotation = None
     if args.labels is not None:
-        annotation = SparseAnnotation.from_labels(
-            read_volume(args.labels).array,
-            volume.array.shape,
-            axis,
-            background_slices=parse_slices(args.background_slices, volume.array.shape[axis]),
-            num_classes=data.num_classes,
-            source=str(args.labels),
-        )
+        annotation = _read_annotation(args, volume, axis, data.num_classes)
     elif args.background_slices:
         raise AnnotationError("--background-slices needs --labels (the annotations they extend)")
     prediction = predict_final(
@@ -459,6 +457,21 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_annotation(
+    args: argparse.Namespace, image: Volume, axis: int, num_classes: int
+) -> SparseAnnotation:
+    """The annotation of ``--labels`` and ``--background-slices`` as training read it, so that
+    ``predict`` and ``suggest`` finish a scan the same way."""
+    return SparseAnnotation.from_labels(
+        read_volume(args.labels).array,
+        image.array.shape,
+        axis,
+        background_slices=parse_slices(args.background_slices, image.array.shape[axis]),
+        num_classes=num_classes,
+        source=str(args.labels),
+    )
+
+
 def _check_prediction_memory(volume: Volume, config: CriiConfig) -> None:
     orientations = 3 if config.train.orientations == "all" else 1
     shape = volume.array.shape
@@ -478,15 +491,8 @@ def run_suggest(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, data = load_model(args.model, device)
     image = read_checked(args.image)
-    labels = read_volume(args.labels)
     axis = _prediction_axis(args.axis, data.axis, image)
-    annotation = SparseAnnotation.from_labels(
-        labels.array,
-        image.array.shape,
-        axis,
-        num_classes=data.num_classes,
-        source=str(args.labels),
-    )
+    annotation = _read_annotation(args, image, axis, data.num_classes)
     _check_prediction_memory(image, data.config)
     prediction = predict_final(
         model, data.config, image.array, axis, device, annotation, image.geometry.zooms

@@ -42,11 +42,13 @@ class VolumePrediction:
         where an annotation teaches little (benchmarks/results: annotate-next)."""
         other = tuple(a for a in range(3) if a != axis)
         scores = self.hardness.mean(axis=other)
-        holding = np.flatnonzero(np.any(self.refined != 0, axis=other))
-        if holding.size:
-            positions = np.arange(scores.size)
-            nearest = np.abs(positions[:, None] - holding[None, :]).min(axis=1)
-            scores = np.where(nearest <= reach, scores, 0.0)
+        holding = np.any(self.refined != 0, axis=other)
+        if holding.any():
+            near = holding.copy()
+            for shift in range(1, min(reach, holding.size - 1) + 1):
+                near[shift:] |= holding[:-shift]
+                near[:-shift] |= holding[shift:]
+            scores = np.where(near, scores, 0.0)
         return scores
 
 
