@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 from conftest import save_nifti
 
@@ -18,22 +19,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_process_torchrun(tiny_phantom, tmp_path):
+def torchrun_train(tiny_phantom, tmp_path, entry: list[str], *extra: str):
+    """``crii train`` on the tiny phantom in two gloo processes started as ``entry``."""
     phantom, labels, _ = tiny_phantom
     image = save_nifti(tmp_path / "image.nii", phantom.image)
     label_file = save_nifti(tmp_path / "labels.nii", labels.astype("uint8"))
-    out = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-port", str(free_port()), "-m", "training_backend", "train",
-        "--image", str(image), "--labels", str(label_file), "--out", str(out), "--axis", "0",
-        "--iterations", "4", "--device", "cpu", "--events", "-",
+        "--master-port", str(free_port()), *entry, "train",
+        "--image", str(image), "--labels", str(label_file), "--out", str(tmp_path / "run"),
+        "--axis", "0", "--iterations", "4", "--device", "cpu", "--events", "-",
         "--set", "model.base_width=8", "--set", "model.levels=3", "--set", "loss.patch_size=8",
-        "--set", "train.batch_size=2", "--set", "train.crop_size=32",
+        "--set", "train.batch_size=2", "--set", "train.crop_size=32", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
-                            check=False)  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
+                          check=False)  # fmt: skip
+
+
+def test_two_process_torchrun(tiny_phantom, tmp_path):
+    result = torchrun_train(tiny_phantom, tmp_path, ["-m", "training_backend"])
+    out = tmp_path / "run"
     assert result.returncode == 0, result.stderr[-3000:]
     events = [decode(line) for line in result.stdout.splitlines() if line.startswith("{")]
     started = [e for e in events if isinstance(e, Started)]
@@ -43,3 +49,37 @@ def test_two_process_torchrun(tiny_phantom, tmp_path):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "config.json", "model.pt", "train.log",
     ]  # fmt: skip
+
+
+def test_out_of_memory_in_one_process_stops_the_run_with_advice(tiny_phantom, tmp_path):
+    """Process 1 runs out of memory at its first step while process 0 waits for its gradients:
+    the run ends (no hang), non-zero, and says what to change."""
+    script = tmp_path / "crowded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import sys
+
+            import torch
+
+            from training_backend import methods
+            from training_backend.cli import main
+
+            original = methods.SupervisedMethod.losses
+
+            def crowded(self, *args, **kwargs):
+                if os.environ["RANK"] == "1":
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+                return original(self, *args, **kwargs)
+
+            methods.SupervisedMethod.losses = crowded
+            raise SystemExit(main(sys.argv[1:]))
+            """
+        )
+    )
+    result = torchrun_train(tiny_phantom, tmp_path, [str(script)], "--method", "supervised")
+    assert result.returncode != 0
+    assert "process 1: error: out of memory on cpu in process 1 of 2" in result.stderr
+    assert "train.batch_size=1" in result.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()

@@ -378,20 +378,31 @@ def run_train(args: argparse.Namespace) -> int:
                     log.flush()
                 emit(event)
                 failed = failed or isinstance(event, Error)
+        except CriiError as exc:  # a process other than rank 0 (rank 0 gets an Error event)
+            failed = True
+            print(f"crii train: process {distributed.rank()}: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
         except Exception as exc:  # an internal error: tell the reader, keep the traceback
+            failed = True
             detail = traceback.format_exc()
             if log is not None:
                 log.write(detail)
+            peers = (
+                " Under torchrun this often means that another process stopped first: its "
+                "message is above."
+                if distributed.active()
+                else ""
+            )
             emit(
                 Error(
                     message=f"internal error ({type(exc).__name__}: {exc}); details in "
-                    f"{args.out / 'train.log'}",
+                    f"{args.out / 'train.log'}.{peers}",
                     error_type=type(exc).__name__,
                 )
             )
             return EXIT_INTERNAL_ERROR
         finally:
-            distributed.shutdown()
+            distributed.shutdown(together=not failed)
         return EXIT_USER_ERROR if failed else 0
 
 

@@ -24,11 +24,12 @@ def initialise(device: torch.device) -> None:
     dist.init_process_group(backend=backend)
 
 
-def shutdown() -> None:
+def shutdown(together: bool = True) -> None:
     """Leave the group together: rank 0 may still be writing when the others finish, and a
-    rank that tears gloo down alone can abort its peers."""
+    rank that tears gloo down alone can abort its peers. After a failure (``together`` False)
+    the peers may be inside another collective, where a barrier would never meet them."""
     if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
+        if together and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
 

@@ -112,8 +112,9 @@ def train(job: TrainingJob) -> Iterator[Event]:
     try:
         yield from _train(job)
     except CriiError as exc:
-        if distributed.is_main():
-            yield Error(message=str(exc), error_type=type(exc).__name__)
+        if not distributed.is_main():
+            raise  # only rank 0 speaks in events; the others exit with the error on stderr
+        yield Error(message=str(exc), error_type=type(exc).__name__)
 
 
 def _prepare_volumes(job: TrainingJob, axis: int) -> list[SliceVolume]:
@@ -207,6 +208,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and (
         "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _distributed_out_of_memory(device: torch.device, batch_size: int) -> TrainingError:
+    """Under torchrun one process cannot shrink its batch alone (the others would wait for it
+    in the gradient exchange), so the run stops with what to change."""
+    half = max(1, batch_size // 2)
+    return TrainingError(
+        f"out of memory on {device} in process {distributed.rank()} of "
+        f"{distributed.world_size()} with {batch_size} slices per batch. Under torchrun the "
+        f"batch cannot shrink on one process alone: start again with --set "
+        f"train.batch_size={half} (or a smaller train.crop_size), or fewer processes per GPU. "
+        "The last checkpoint, if one was written, is kept."
     )
 
 
@@ -353,8 +367,10 @@ def _train(job: TrainingJob) -> Iterator[Event]:
             scaler.step(optimizer)
             scaler.update()
         except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc) or distributed.world_size() > 1:
+            if not is_out_of_memory(exc):
                 raise
+            if distributed.world_size() > 1:
+                raise _distributed_out_of_memory(device, sampler.batch_size) from exc
             out_of_memory = True  # recover below, once the traceback has let go of the tensors
         if out_of_memory:
             named = total = batch = None
