@@ -110,8 +110,9 @@ def step_slider(viewer, recorder: GapRecorder) -> None:
 
 def time_handlers(widget, handler_ms: dict[str, list[float]], recorder: GapRecorder) -> None:
     """Wrap the widget's event handler and preview/volume updates to time and mark them."""
+    display = widget.display
     original_event = widget._on_event
-    original_preview = widget._apply_preview
+    original_preview = display._apply_preview
 
     def timed_event(event) -> None:
         started = time.perf_counter()
@@ -127,9 +128,9 @@ def time_handlers(widget, handler_ms: dict[str, list[float]], recorder: GapRecor
 
     widget.process.received.disconnect(widget._on_event)
     widget.process.received.connect(timed_event)
-    widget._apply_preview = timed_preview
-    widget._preview_timer.timeout.disconnect()
-    widget._preview_timer.timeout.connect(timed_preview)
+    display._apply_preview = timed_preview
+    display._preview_timer.timeout.disconnect()
+    display._preview_timer.timeout.connect(timed_preview)
 
 
 def summary(values: list[float]) -> str:
@@ -180,9 +181,10 @@ def measure(args: argparse.Namespace) -> list[str]:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = CriiWidget(viewer)
     viewer.window.add_dock_widget(widget, name="CRII-Net")
-    widget.budget_unit.setCurrentText("seconds")
-    widget.budget_spin.setValue(int(args.seconds))
-    widget.device_combo.setCurrentIndex(max(widget.device_combo.findData(args.device), 0))
+    panel = widget.training_panel
+    panel.budget_unit.setCurrentText("seconds")
+    panel.budget_spin.setValue(int(args.seconds))
+    panel.device_combo.setCurrentIndex(max(panel.device_combo.findData(args.device), 0))
     handler_ms: dict[str, list[float]] = defaultdict(list)
     recorder = GapRecorder()
     time_handlers(widget, handler_ms, recorder)
@@ -209,7 +211,7 @@ def measure(args: argparse.Namespace) -> list[str]:
             run_for(0.2)
         run_for(TAIL_SECONDS)
         recorder.phase = None
-        rounds.append(f"{time.perf_counter() - started:.0f} s ({widget.progress_bar.text()})")
+        rounds.append(f"{time.perf_counter() - started:.0f} s ({panel.progress_bar.text()})")
     viewer.close()
 
     command = "xvfb-run -a .venv/bin/python benchmarks/gui_responsiveness.py"

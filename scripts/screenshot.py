@@ -67,17 +67,17 @@ def take(args: argparse.Namespace) -> Path:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     widget = CriiWidget(viewer)
     viewer.window.add_dock_widget(widget, name="CRII-Net", area="right")
-    widget.budget_unit.setCurrentText("seconds")
+    widget.training_panel.budget_unit.setCurrentText("seconds")
     run_for(1.0)
     for budget in (args.first_round_seconds, args.seconds):
         if budget <= 0:
             continue
-        widget.budget_spin.setValue(int(budget))
+        widget.training_panel.budget_spin.setValue(int(budget))
         if not widget.train():
             raise SystemExit("training did not start")
         while widget.process.running:
             run_for(0.5)
-        print(f"round of {budget:g} s: {widget.progress_bar.text()}")
+        print(f"round of {budget:g} s: {widget.training_panel.progress_bar.text()}")
     run_for(1.0)
     widget.go_to_slice(best_slice(viewer))
     viewer.layers.selection.active = viewer.layers["phantom annotations"]

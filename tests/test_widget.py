@@ -14,8 +14,9 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from conftest import TINY_SETTINGS
+from qtpy.QtCore import Qt
 
-from napari_crii import _layers, _widget
+from napari_crii import _files, _layers, _widget
 from napari_crii._sample_data import make_sample_data
 from napari_crii._session import annotated_slices
 from training_backend.events import Progress, Started
@@ -35,8 +36,10 @@ class Notes:
 @pytest.fixture
 def notes(monkeypatch) -> Notes:
     found = Notes()
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(_widget, f"show_{kind}", getattr(found, kind).append)
+    for module in (_widget, _files):
+        for kind in ("error", "warning", "info"):
+            if hasattr(module, f"show_{kind}"):
+                monkeypatch.setattr(module, f"show_{kind}", getattr(found, kind).append)
     return found
 
 
@@ -50,15 +53,16 @@ def crii(make_napari_viewer, monkeypatch, tmp_path, notes):
     widget = _widget.CriiWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.extra_settings = dict(TINY_SETTINGS)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    devices = widget.training_panel.device_combo
+    devices.setCurrentIndex(devices.findData("cpu"))
     set_budget(widget, 5, "iterations")
     yield viewer, widget
     widget.process.shutdown()
 
 
 def set_budget(widget, value: int, unit: str) -> None:
-    widget.budget_unit.setCurrentText(unit)
-    widget.budget_spin.setValue(value)
+    widget.training_panel.budget_unit.setCurrentText(unit)
+    widget.training_panel.budget_spin.setValue(value)
 
 
 def wait_idle(qtbot, widget) -> None:
@@ -76,11 +80,12 @@ def test_a_round_fills_aligned_prediction_layers_and_suggestions(crii, qtbot, no
     viewer.dims.set_current_step(0, 5)
     widget.toggle_background()  # slice 5 holds no structure
     widget._update_summary()
-    assert "5 (bg)" in widget.annotated_label.text()
-    assert f"({len(painted) + 2} of {image.data.shape[0]})" in widget.annotated_label.text()
+    summary = widget.data_panel.annotated_label.text()
+    assert "5 (bg)" in summary
+    assert f"({len(painted) + 2} of {image.data.shape[0]})" in summary
 
-    qtbot.mouseClick(widget.train_button, _widget.Qt.MouseButton.LeftButton)
-    assert widget.process.running and not widget.train_button.isEnabled()
+    qtbot.mouseClick(widget.training_panel.train_button, Qt.MouseButton.LeftButton)
+    assert widget.process.running and not widget.training_panel.train_button.isEnabled()
     wait_idle(qtbot, widget)
 
     assert not notes.error, notes.error
@@ -97,19 +102,20 @@ def test_a_round_fills_aligned_prediction_layers_and_suggestions(crii, qtbot, no
     assert widget.session.last_model == round_dir / "model.pt"
     assert viewer.layers.selection.active is not viewer.layers[_layers.HARDNESS]
 
-    assert widget.suggestion_list.count() > 0
-    item = widget.suggestion_list.item(widget.suggestion_list.count() - 1)
-    target = item.data(_widget.Qt.ItemDataRole.UserRole)
-    widget.suggestion_list.itemClicked.emit(item)
+    suggestions = widget.suggestions_panel.suggestion_list
+    assert suggestions.count() > 0
+    item = suggestions.item(suggestions.count() - 1)
+    target = item.data(Qt.ItemDataRole.UserRole)
+    suggestions.itemClicked.emit(item)
     assert viewer.dims.current_step[0] == target
 
     exported = tmp_path / "refined.nii.gz"
-    assert widget.export(exported, _layers.REFINED) and exported.is_file()
+    assert widget.files.export(exported, _layers.REFINED) and exported.is_file()
     from training_backend.io import read_volume
 
     assert sorted(read_volume(exported).array.shape) == sorted(image.data.shape)
-    assert widget.save_model(tmp_path / "saved.pt") and (tmp_path / "saved.pt").is_file()
-    assert not widget.load_model(tmp_path / "refined.nii.gz")
+    assert widget.files.save_model(tmp_path / "saved.pt") and (tmp_path / "saved.pt").is_file()
+    assert not widget.files.load_model(tmp_path / "refined.nii.gz")
     assert "Cannot use this model" in notes.error[-1]
 
 
@@ -128,17 +134,18 @@ def test_stop_ends_the_round_early_with_a_usable_model(crii, qtbot, notes):
     assert not notes.error, notes.error
     model = widget.session.last_model
     assert model is not None and load_checkpoint(model).iteration >= 1
-    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
-    assert widget.progress_bar.text().startswith("stopped")
-    assert widget.stop_button.text() == "Stop"
+    panel = widget.training_panel
+    assert panel.train_button.isEnabled() and not panel.stop_button.isEnabled()
+    assert panel.progress_bar.text().startswith("stopped")
+    assert panel.stop_button.text() == "Stop"
 
-    assert widget.load_model(model) and "Loaded model.pt" in notes.info[-1]
+    assert widget.files.load_model(model) and "Loaded model.pt" in notes.info[-1]
     refined = viewer.layers[_layers.REFINED]
     refined.data[:] = 0
     assert widget.predict()
     wait_idle(qtbot, widget)
     assert not notes.error, notes.error
-    assert refined.data.any() and widget.progress_bar.text() == "prediction done"
+    assert refined.data.any() and panel.progress_bar.text() == "prediction done"
 
 
 def test_a_killed_process_is_reported_and_the_annotations_are_kept(crii, qtbot, notes):
@@ -156,7 +163,7 @@ def test_a_killed_process_is_reported_and_the_annotations_are_kept(crii, qtbot, 
     np.testing.assert_array_equal(labels.data, before)
     saved = widget.session.annotations_path
     assert saved.is_file() and not list(saved.parent.glob(".*.tmp*"))
-    assert widget.train_button.isEnabled()
+    assert widget.training_panel.train_button.isEnabled()
 
 
 def test_accept_copies_only_the_current_slice_and_undo_restores_it(crii, notes):
@@ -195,7 +202,7 @@ def test_training_without_an_annotated_slice_is_refused(crii, notes):
 def test_annotations_of_another_shape_are_refused(crii, notes):
     viewer, widget = crii
     viewer.add_labels(np.zeros((10, 20, 20), np.uint8), name="other")
-    widget.labels_combo.setCurrentText("other")
+    widget.data_panel.labels_combo.setCurrentText("other")
     assert not widget.train()
     assert not widget.process.running
     assert len(notes.error) == 1 and "(10, 20, 20)" in notes.error[0]
@@ -218,19 +225,21 @@ def test_autosave_writes_the_annotations_only_when_they_changed(crii):
 def test_a_device_that_vanished_is_reported_and_nothing_is_lost(crii, qtbot, notes):
     viewer, widget = crii
     before = viewer.layers["phantom annotations"].data.copy()
-    widget.device_combo.addItem("CUDA: a card that was unplugged", "cuda")
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cuda"))
+    devices = widget.training_panel.device_combo
+    devices.addItem("CUDA: a card that was unplugged", "cuda")
+    devices.setCurrentIndex(devices.findData("cuda"))
     assert widget.train()
     qtbot.waitUntil(lambda: not widget.process.running, timeout=ROUND_TIMEOUT_MS)
     assert any("no CUDA GPU is available" in message for message in notes.error)
     np.testing.assert_array_equal(viewer.layers["phantom annotations"].data, before)
-    assert widget.train_button.isEnabled()
+    assert widget.training_panel.train_button.isEnabled()
 
 
 def test_devices_are_probed_in_a_child_process(crii, qtbot):
     _, widget = crii
-    assert widget.device_combo.findData("auto") == 0 and widget.device_combo.findData("cpu") == 1
-    probe = widget._device_probe
+    devices = widget.training_panel.device_combo
+    assert devices.findData("auto") == 0 and devices.findData("cpu") == 1
+    probe = widget.training_panel.device_probe
     qtbot.waitUntil(lambda: probe.state() == probe.ProcessState.NotRunning, timeout=60_000)
     assert probe.exitCode() == 0 and probe.arguments()[-1] == "devices"
 
@@ -261,18 +270,18 @@ def test_a_restarted_widget_offers_and_restores_the_last_session(crii, notes):
     labels = viewer.layers["phantom annotations"]
     labels.data_setitem((np.array([1]), np.array([2]), np.array([3])), 2)
     assert widget.autosave()
-    assert not widget.restore_button.isEnabled()  # its own session is not "earlier"
+    assert not widget.data_panel.restore_button.isEnabled()  # its own session is not "earlier"
     # napari killed and started again: a new widget on the same image
     again = _widget.CriiWidget(viewer)
     try:
         assert any("earlier session" in m for m in notes.info), notes.info
-        assert again.restore_button.isEnabled()
+        assert again.data_panel.restore_button.isEnabled()
         restored = again.restore_session()
         assert restored is not None and again.labels_layer is restored
         np.testing.assert_array_equal(restored.data, labels.data)
         np.testing.assert_allclose(restored.scale, viewer.layers["phantom"].scale)
         assert again.session.folder == widget.session.folder
-        assert not again.restore_button.isEnabled()
+        assert not again.data_panel.restore_button.isEnabled()
     finally:
         again.process.shutdown()
 
@@ -291,4 +300,4 @@ def test_bad_label_values_end_the_round_with_a_clear_error(crii, qtbot, notes, v
     widget.train()
     wait_idle(qtbot, widget)
     assert len(notes.error) == 1 and fragment in notes.error[0], notes.error
-    assert widget.train_button.isEnabled()
+    assert widget.training_panel.train_button.isEnabled()
