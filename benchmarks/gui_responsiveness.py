@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_crii._display import display_if_needed
+from napari_crii._virtual_display import display_if_needed
 
 INTERVAL_MS = 5
 IDLE_SECONDS = 10.0

@@ -1,8 +1,8 @@
 """The dock widget's layout: four group boxes that own their controls, and the loss curve.
 
-Panels know nothing of napari layers, sessions or training (the Training panel only asks a
-child process which devices exist); :class:`napari_crii._widget.CriiWidget` composes them and
-connects their controls to its behaviour.
+Panels know nothing of napari layers or sessions (the Training panel shows the progress events
+it is given and asks a child process which devices exist); :class:`napari_crii._widget.CriiWidget`
+composes them and connects their controls to its behaviour. Small Qt helpers close the module.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QPointF, QProcess, QSize, Qt, Signal
+from qtpy.QtCore import QObject, QPointF, QProcess, QSize, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -340,3 +340,12 @@ def set_choices(combo: QComboBox, names: list[str]) -> None:
     if current in names:
         combo.setCurrentText(current)
     combo.blockSignals(False)
+
+
+def single_shot(parent: QObject, msec: int, slot: Any) -> QTimer:
+    """A stopped one-shot timer that calls ``slot`` ``msec`` after each ``start()``."""
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(msec)
+    timer.timeout.connect(slot)
+    return timer

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
-from qtpy.QtCore import QObject, QTimer
+from qtpy.QtCore import QObject
 
 from napari_crii import _layers
-from napari_crii._panels import TrainingPanel
+from napari_crii._panels import TrainingPanel, single_shot
 from training_backend.events import Finished, Preview, Progress
 
 PREVIEW_MIN_INTERVAL_MS = 250
@@ -86,11 +85,3 @@ class RoundDisplay(QObject):
             return
         self._last_preview_at = time.monotonic()
         self.predictions.set_slice(*_layers.read_preview(event.path, event.slice_index))
-
-
-def single_shot(parent: QObject, msec: int, slot: Any) -> QTimer:
-    timer = QTimer(parent)
-    timer.setSingleShot(True)
-    timer.setInterval(msec)
-    timer.timeout.connect(slot)
-    return timer

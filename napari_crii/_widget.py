@@ -21,8 +21,14 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_crii import _layers
 from napari_crii._files import FileActions
-from napari_crii._panels import DataPanel, ReviewPanel, SuggestionsPanel, TrainingPanel
-from napari_crii._round_display import RoundDisplay, single_shot
+from napari_crii._panels import (
+    DataPanel,
+    ReviewPanel,
+    SuggestionsPanel,
+    TrainingPanel,
+    single_shot,
+)
+from napari_crii._round_display import RoundDisplay
 from napari_crii._session import Session, annotated_slices, describe_annotated
 from napari_crii._training_process import (
     ProcessOutcome,

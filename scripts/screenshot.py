@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_crii._display import display_if_needed
+from napari_crii._virtual_display import display_if_needed
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW_SIZE = (1480, 920)

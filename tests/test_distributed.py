@@ -9,7 +9,7 @@ import textwrap
 from conftest import save_nifti
 
 from training_backend.checkpoint import load_checkpoint
-from training_backend.events import Finished, Started, decode
+from training_backend.events import Error, Finished, Started, decode
 
 
 def free_port() -> int:
@@ -51,35 +51,58 @@ def test_two_process_torchrun(tiny_phantom, tmp_path):
     ]  # fmt: skip
 
 
+def with_fault(tmp_path, patch: str) -> list[str]:
+    """A torchrun entry that runs ``crii`` after ``patch`` (Python, run in every process)."""
+    script = tmp_path / "faulty.py"
+    script.write_text(
+        "import os\nimport sys\n\nimport torch\n\n"
+        "from training_backend import methods, trainer\nfrom training_backend.cli import main\n\n"
+        + textwrap.dedent(patch)
+        + "\nraise SystemExit(main(sys.argv[1:]))\n"
+    )
+    return [str(script)]
+
+
 def test_out_of_memory_in_one_process_stops_the_run_with_advice(tiny_phantom, tmp_path):
     """Process 1 runs out of memory at its first step while process 0 waits for its gradients:
     the run ends (no hang), non-zero, and says what to change."""
-    script = tmp_path / "crowded.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import os
-            import sys
+    entry = with_fault(
+        tmp_path,
+        """
+        original = methods.SupervisedMethod.losses
 
-            import torch
+        def crowded(self, *args, **kwargs):
+            if os.environ["RANK"] == "1":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return original(self, *args, **kwargs)
 
-            from training_backend import methods
-            from training_backend.cli import main
-
-            original = methods.SupervisedMethod.losses
-
-            def crowded(self, *args, **kwargs):
-                if os.environ["RANK"] == "1":
-                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-                return original(self, *args, **kwargs)
-
-            methods.SupervisedMethod.losses = crowded
-            raise SystemExit(main(sys.argv[1:]))
-            """
-        )
+        methods.SupervisedMethod.losses = crowded
+        """,
     )
-    result = torchrun_train(tiny_phantom, tmp_path, [str(script)], "--method", "supervised")
+    result = torchrun_train(tiny_phantom, tmp_path, entry, "--method", "supervised")
     assert result.returncode != 0
     assert "process 1: error: out of memory on cpu in process 1 of 2" in result.stderr
     assert "train.batch_size=1" in result.stderr
+    assert "fewer processes per GPU" not in result.stderr  # a CPU run
     assert not (tmp_path / "run" / "model.pt").exists()
+    events = [decode(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert isinstance(events[-1], Error) and "another process stopped first" in events[-1].message
+
+
+def test_a_failed_final_save_on_rank_0_still_lets_the_others_leave(tiny_phantom, tmp_path):
+    """Rank 0 fails after the loop, while process 1 waits for it in the closing barrier: rank 0
+    still meets it there, so both end (no hang) and the error is reported."""
+    entry = with_fault(
+        tmp_path,
+        """
+        def full_disk(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        trainer.save_checkpoint = full_disk
+        """,
+    )
+    result = torchrun_train(tiny_phantom, tmp_path, entry, "--method", "supervised")
+    assert result.returncode != 0
+    events = [decode(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert isinstance(events[-1], Error) and "No space left on device" in events[-1].message
+    assert "another process stopped first" not in events[-1].message

@@ -371,6 +371,7 @@ def run_train(args: argparse.Namespace) -> int:
             (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             log = stack.enter_context(open(args.out / "train.log", "a", encoding="utf-8"))
         failed = False
+        ended = False  # False also for Ctrl-C and SystemExit, which pass the handlers below
         try:
             for event in train(job):
                 if log is not None:
@@ -378,19 +379,21 @@ def run_train(args: argparse.Namespace) -> int:
                     log.flush()
                 emit(event)
                 failed = failed or isinstance(event, Error)
+            ended = True
         except CriiError as exc:  # a process other than rank 0 (rank 0 gets an Error event)
-            failed = True
             print(f"crii train: process {distributed.rank()}: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         except Exception as exc:  # an internal error: tell the reader, keep the traceback
-            failed = True
             detail = traceback.format_exc()
             if log is not None:
                 log.write(detail)
+            if not distributed.is_main():  # no log and no events here: stderr is all there is
+                print(f"crii train: process {distributed.rank()}: internal error\n{detail}",
+                      file=sys.stderr)  # fmt: skip
             peers = (
                 " Under torchrun this often means that another process stopped first: its "
                 "message is above."
-                if distributed.active()
+                if distributed.active() and distributed.inside_training_loop()
                 else ""
             )
             emit(
@@ -402,7 +405,7 @@ def run_train(args: argparse.Namespace) -> int:
             )
             return EXIT_INTERNAL_ERROR
         finally:
-            distributed.shutdown(together=not failed)
+            distributed.shutdown(failed=failed or not ended)
         return EXIT_USER_ERROR if failed else 0
 
 

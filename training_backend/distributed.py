@@ -20,17 +20,41 @@ def initialise(device: torch.device) -> None:
     """Join the process group when started by torchrun (idempotent)."""
     if not launched_by_torchrun() or dist.is_initialized():
         return
+    global _in_step_collectives
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
+    _in_step_collectives = True
 
 
-def shutdown(together: bool = True) -> None:
+_in_step_collectives = False
+"""True from joining the group until this process leaves the training loop normally: while
+it holds, a peer may be waiting in a gradient exchange or an :func:`agree`."""
+
+
+def leave_training_loop() -> None:
+    """Called by every process that leaves the training loop without an error; from here on
+    its peers are either leaving the loop too or already waiting in :func:`shutdown`."""
+    global _in_step_collectives
+    _in_step_collectives = False
+
+
+def inside_training_loop() -> bool:
+    """Whether this process joined a group and has not left the training loop normally."""
+    return _in_step_collectives
+
+
+def shutdown(failed: bool = False) -> None:
     """Leave the group together: rank 0 may still be writing when the others finish, and a
-    rank that tears gloo down alone can abort its peers. After a failure (``together`` False)
-    the peers may be inside another collective, where a barrier would never meet them."""
+    rank that tears gloo down alone can abort its peers. A process that failed inside the
+    training loop skips the barrier (its peers may be inside another collective, where a
+    barrier would never meet them); one that failed after it (rank 0 writing the model) still
+    meets the peers waiting there."""
     if dist.is_available() and dist.is_initialized():
-        if together and dist.get_world_size() > 1:
-            dist.barrier()
+        if dist.get_world_size() > 1 and not (failed and _in_step_collectives):
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer has gone: nobody is left to wait for
+                pass
         dist.destroy_process_group()
 
 

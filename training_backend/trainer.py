@@ -108,7 +108,8 @@ def seed_everything(seed: int) -> None:
 
 
 def train(job: TrainingJob) -> Iterator[Event]:
-    """Run one round; yield events. Errors a person can act on end as an ``Error`` event."""
+    """Run one round; yield events. Errors a person can act on end as an ``Error`` event (under
+    torchrun on rank 0; the other processes raise them)."""
     try:
         yield from _train(job)
     except CriiError as exc:
@@ -211,15 +212,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _distributed_out_of_memory(device: torch.device, batch_size: int) -> TrainingError:
+def _distributed_out_of_memory(
+    device: torch.device, batch_size: int, smallest: int
+) -> TrainingError:
     """Under torchrun one process cannot shrink its batch alone (the others would wait for it
     in the gradient exchange), so the run stops with what to change."""
-    half = max(1, batch_size // 2)
+    changes = []
+    if batch_size > smallest:
+        changes.append(f"--set train.batch_size={max(smallest, batch_size // 2)}")
+    changes.append("a smaller train.crop_size")
+    if device.type == "cuda":
+        changes.append("fewer processes per GPU")
     return TrainingError(
         f"out of memory on {device} in process {distributed.rank()} of "
         f"{distributed.world_size()} with {batch_size} slices per batch. Under torchrun the "
-        f"batch cannot shrink on one process alone: start again with --set "
-        f"train.batch_size={half} (or a smaller train.crop_size), or fewer processes per GPU. "
+        f"batch cannot shrink on one process alone: start again with {' or '.join(changes)}. "
         "The last checkpoint, if one was written, is kept."
     )
 
@@ -351,10 +358,15 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         try:
             named = method.losses(network, batch, progress, autocast)
             total = named["total"]
-            if distributed.agree(not bool(torch.isfinite(total.detach()))):
+            not_finite = not bool(torch.isfinite(total.detach()))
+            if distributed.agree(not_finite):
+                became = (
+                    f"{float(total.detach())} (not finite)"
+                    if not_finite
+                    else "not finite in another process"
+                )
                 raise TrainingError(
-                    f"training stopped at iteration {iteration + 1}: the loss became "
-                    f"{float(total.detach())} (not finite). "
+                    f"training stopped at iteration {iteration + 1}: the loss became {became}. "
                     + (
                         "The last good model is kept in " + str(model_path)
                         if last_good_saved
@@ -369,14 +381,14 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
+            smallest = 2 if method.uses_unlabeled and sampler.unlabeled else 1
             if distributed.world_size() > 1:
-                raise _distributed_out_of_memory(device, sampler.batch_size) from exc
+                raise _distributed_out_of_memory(device, sampler.batch_size, smallest) from exc
             out_of_memory = True  # recover below, once the traceback has let go of the tensors
         if out_of_memory:
             named = total = batch = None
             optimizer.zero_grad(set_to_none=True)
             _release_memory(device)
-            smallest = 2 if method.uses_unlabeled and sampler.unlabeled else 1
             if sampler.batch_size > smallest:
                 sampler.set_batch_size(max(smallest, sampler.batch_size // 2))
                 message = (
@@ -434,6 +446,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
                 config.loss,
             )
             network.train()
+    distributed.leave_training_loop()
     if not main:
         return
     saved = checkpoint(iteration)
