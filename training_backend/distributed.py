@@ -11,6 +11,10 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+_in_step_collectives = False
+"""True from joining the group until this process leaves the training loop normally: while
+it holds, a peer may be waiting in a gradient exchange or an :func:`agree`."""
+
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -24,11 +28,6 @@ def initialise(device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     _in_step_collectives = True
-
-
-_in_step_collectives = False
-"""True from joining the group until this process leaves the training loop normally: while
-it holds, a peer may be waiting in a gradient exchange or an :func:`agree`."""
 
 
 def leave_training_loop() -> None:
