@@ -1,29 +1,98 @@
 #!/usr/bin/env bash
-# The GPU checks as one script, for a machine with an NVIDIA GPU and PyTorch with CUDA.
-#  1. CUDA training speed (fp32 and mixed precision) beside the CPU, whole-volume inference time
-#     and peak GPU memory on the synthetic phantom (benchmarks/gpu_check.py);
-#  2. the CUDA cases of the loss tests;
-#  3. with the hippocampus data: the speed table on CUDA (benchmarks/speed.py) and the quick
-#     interactive protocol on CUDA (rates measured there, so each method gets its CUDA
-#     iterations for the same wall-clock budget).
-# If nibabel is missing there, bring its wheel in .whl/ (pip download --no-deps nibabel).
-# The data folder is found beside the repository (../shared/data/hippocampus) or where
-# CRII_HIPPOCAMPUS points (a copy in the ignored .data/hippocampus, say).
+# The GPU checks as one script, for a machine with an NVIDIA GPU and PyTorch with CUDA. It ends
+# by itself within GPU_CHECK_SECONDS (default 540) and writes under benchmarks/results/gpu/.
+#
+# Timed alone, one after the other:
+#  1. training speed on CUDA (fp32 and mixed precision) beside the CPU, whole-volume inference
+#     time and peak GPU memory on the synthetic phantom (benchmarks/gpu_check.py);
+#  2. with the hippocampus data, the speed table on CUDA (benchmarks/speed.py);
+#  3. the rates of the learned methods on CUDA (real_data --rates-only).
+# Then side by side until the deadline (their results do not depend on the time they take):
+#  4. the interactive protocol of the `gpu` setting (15 s rounds at the CUDA rates, k = 2 and 3)
+#     in SHARDS processes sharing the GPU; rows a process leaves unfinished are simply not
+#     written, and the same script started again goes on from there;
+#  5. the backend tests with CUDA as the automatic device (the CUDA cases of the loss tests);
+#  6. `crii demo` on CUDA, and `crii train` under torchrun: one process with NCCL, then more
+#     processes than GPUs (which must stop with advice).
+# Finally the report (docs/results-gpu.md). If nibabel is missing there, bring its wheel in
+# .whl/ (pip download --no-deps nibabel). The data folder is found beside the repository
+# (../shared/data/hippocampus) or where CRII_HIPPOCAMPUS points (a copy in the ignored
+# .data/hippocampus, say).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-benchmarks/results}"
+started=$SECONDS
+deadline=$((started + ${GPU_CHECK_SECONDS:-540}))
+shards=${SHARDS:-8}
+device=${GPU_CHECK_DEVICE:-cuda}  # cpu only to try the script's plumbing on a machine without one
+out=benchmarks/results/gpu
+logs=$out/logs
+mkdir -p "$logs"
+left() { echo $((deadline - SECONDS)); }
+step() { echo "== $(date -u +%H:%M:%S) (+$((SECONDS - started)) s) $*"; }
+
 if ! python3 -c "import nibabel" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 if [ -z "${CRII_HIPPOCAMPUS:-}" ] && [ -f .data/hippocampus/split.json ]; then
   export CRII_HIPPOCAMPUS="$PWD/.data/hippocampus"
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 export PYTHONUNBUFFERED=1
-python3 benchmarks/gpu_check.py --out "$out/gpu_check.json"
-python3 -m pytest -q -p no:cacheprovider tests/test_losses.py -k cuda 2>&1 | tail -3
-python3 -m benchmarks.speed --device cuda --seconds 15 --out "$out/cuda/speed.json"
-python3 -m benchmarks.real_data --setting quick --protocol interactive --device cuda \
-  --out "$out/cuda"
-python3 -m benchmarks.report --setting quick --results "$out/cuda" --label quick-cuda
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+step "1. phantom: CUDA fp32 and mixed precision beside the CPU"
+timeout 150 python3 benchmarks/gpu_check.py --out "$out/gpu_check.json"
+step "2. speed table on CUDA"
+timeout 200 python3 -m benchmarks.speed --device "$device" --seconds "${SPEED_SECONDS:-10}" --out "$out/speed.json"
+step "3. rates on CUDA"
+timeout 200 python3 -m benchmarks.real_data --setting gpu --device "$device" --rates-only \
+  --out benchmarks/results
+
+step "4-6. interactive protocol in $shards shards, tests, demo and torchrun, until the deadline"
+stop_at=$((deadline - 45))
+# run "$@" with what is left before stop_at as its time limit (nothing when under 10 s)
+bounded() {
+  local seconds=$((stop_at - SECONDS))
+  if ((seconds < 10)); then echo "no time left for: $*"; return 124; fi
+  timeout "$seconds" "$@"
+}
+for ((index = 0; index < shards; index++)); do
+  OMP_NUM_THREADS=2 bounded python3 -m benchmarks.real_data --setting gpu \
+    --device "$device" --protocol interactive --shard "$index/$shards" --out benchmarks/results \
+    >"$logs/shard-$index.log" 2>&1 &
+done
+(
+  parallel=()
+  if python3 -c "import xdist" 2>/dev/null; then parallel=(-n 4); fi
+  bounded python3 -m pytest -q -p no:cacheprovider "${parallel[@]}" tests \
+    --ignore=tests/test_widget.py --ignore=tests/test_training_process.py \
+    --ignore=tests/test_manifest.py
+  echo "pytest exit $?"
+) >"$logs/pytest.log" 2>&1 &
+(
+  demo=/tmp/crii-gpu-demo
+  bounded python3 -m training_backend demo --out "$demo" --seconds 10 --device "$device"
+  echo "demo exit $?"
+  # one process: the torchrun launch on this device; two on a single GPU: refused with advice
+  # (NCCL between processes needs a GPU each, so it is not exercised on a one-GPU machine)
+  for processes in 1 2; do
+    echo "-- torchrun, $processes process(es)"
+    bounded python3 -m torch.distributed.run --standalone --nproc-per-node "$processes" \
+      -m training_backend train --image "$demo/image.nii.gz" --device "$device" \
+      --labels "$demo/annotations.nii.gz" --iterations 200 --out "/tmp/crii-gpu-torchrun-$processes"
+    echo "torchrun with $processes process(es) exit $?"
+  done
+) >"$logs/demo-torchrun.log" 2>&1 &
+wait
+rows=$(cat "$logs"/shard-*.log | grep -c '^interactive ')
+echo "gpu interactive ($shards shards sharing the GPU, stopped at the script's deadline): $rows" \
+  "rows in $(((SECONDS - started) / 60)) min of the script on $(python3 -c \
+  'import benchmarks.real_data as r; print(r.machine())')" >>"$out/runtime.txt"
+tail -n 3 "$logs/pytest.log"
+grep -h "exit\|error" "$logs/demo-torchrun.log"
+echo "interactive rows made: $rows"
+
+step "report"
+timeout 60 python3 -m benchmarks.report --setting gpu --results benchmarks/results
+step "done"

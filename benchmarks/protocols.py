@@ -72,6 +72,9 @@ class Setting:
     """Slice counts at which the equal-iteration comparison is also run."""
     interactive_methods: tuple[str, ...] = LEARNED
     """The learned methods of the interactive protocol (interpolation always runs)."""
+    shard: tuple[int, int] = (0, 1)
+    """(index, count): this process takes every count-th test volume from index, so that
+    several processes can share one GPU (the per-volume protocols only)."""
 
 
 SETTINGS = {
@@ -101,6 +104,24 @@ SETTINGS = {
         seeds=(0,),
         slice_counts=(2, 3),
         budget_seconds=60.0,
+        ablation_cases=0,
+        next_cases=0,
+        next_rounds=0,
+        next_budget_seconds=0.0,
+        dataset_labeled=0,
+        dataset_eval_cases=0,
+        dataset_budget_seconds=0.0,
+        equal_iteration_counts=(),
+        interactive_methods=("crii", "supervised", "mean-teacher"),
+    ),
+    # gpu: the interactive protocol at 15 s rounds with the rates of a GPU, k = 2 and 3, the
+    # three learned methods; meant for benchmarks/gpu_check.sh (shards share the GPU)
+    "gpu": Setting(
+        name="gpu",
+        test_cases=52,
+        seeds=(0,),
+        slice_counts=(2, 3),
+        budget_seconds=15.0,
         ablation_cases=0,
         next_cases=0,
         next_rounds=0,
@@ -212,12 +233,18 @@ def _learned_row(protocol, case, method, predicted, trained: Trained, **fields):
     )
 
 
+def test_volumes(setting: Setting, count: int) -> list[str]:
+    """The first ``count`` test volumes, or this process's share of them (``setting.shard``)."""
+    index, total = setting.shard
+    return split_names("test")[:count][index::total]
+
+
 def interactive(
     setting: Setting, rates: Rates, run_dir: Path, skip: Set[tuple] = frozenset()
 ) -> Iterator[dict[str, Any]]:
     """k annotated axial slices per test volume; every method at the same wall-clock budget,
     and at equal iterations for ``setting.equal_iteration_counts``; interpolation beside."""
-    for name in split_names("test")[: setting.test_cases]:
+    for name in test_volumes(setting, setting.test_cases):
         case = load_case(name)
         for k in setting.slice_counts:
             slices = spread_slices(case.truth, AXIAL, k)
@@ -288,7 +315,7 @@ def ablation(
     """crii with one part removed, 3 annotated slices, at crii's iterations."""
     k = 3
     iterations = rates.iterations("crii", setting.budget_seconds)
-    for name in split_names("test")[: setting.ablation_cases]:
+    for name in test_volumes(setting, setting.ablation_cases):
         case = load_case(name)
         slices = spread_slices(case.truth, AXIAL, k)
         _, annotation = painted(case, slices)
@@ -312,7 +339,7 @@ def annotate_next(
     """Start from 2 evenly spread slices; each round adds 2 slices chosen by the model's
     suggestions, evenly, or at random, then trains again from the last model (warm start)."""
     iterations = rates.iterations("crii", setting.next_budget_seconds)
-    for name in split_names("test")[: setting.next_cases]:
+    for name in test_volumes(setting, setting.next_cases):
         case = load_case(name)
         for seed in setting.seeds:
             keys = [planned_key("annotate-next", name, "crii", seed=seed, strategy=strategy,

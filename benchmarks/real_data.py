@@ -8,6 +8,9 @@ the speed figures, on the hippocampus MRI beside the repository.
 Rows go to ``benchmarks/results/<setting>/<protocol>.jsonl`` as they are made; a rerun skips
 the rows already there, so an interrupted run goes on where it stopped (``--fresh`` starts
 over). Rates of each method are measured first and kept in ``rates.json``.
+
+Several processes can share one GPU: measure the rates alone first (``--rates-only``), then
+start one process per ``--shard I/N``; they append whole rows to the same files.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -140,8 +144,22 @@ def _refuse_paced_rows(folder: Path) -> None:
         )
 
 
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """One ``write`` in append mode, so rows of processes sharing the file never interleave."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, (json.dumps(row) + "\n").encode())
+    finally:
+        os.close(descriptor)
+
+
 def run(
-    setting: Setting, protocols: list[str], out: Path, fresh: bool, remeasure_rates: bool = False
+    setting: Setting,
+    protocols: list[str],
+    out: Path,
+    fresh: bool,
+    remeasure_rates: bool = False,
+    rates_only: bool = False,
 ) -> int:
     setting_name = setting.name
     folder = out / setting_name
@@ -149,6 +167,8 @@ def run(
     started = time.perf_counter()
     rates = load_rates(folder, setting, fresh, remeasure_rates)
     print(f"rates: {rates.to_dict()}", file=sys.stderr, flush=True)
+    if rates_only:
+        return 0
     made_per_protocol = []
     for name in protocols:
         path = folder / f"{name}.jsonl"
@@ -164,8 +184,7 @@ def run(
                 if row_key(row) in done:
                     continue
                 row["machine"] = machine()
-                with open(path, "a") as stream:
-                    stream.write(json.dumps(row) + "\n")
+                append_row(path, row)
                 made += 1
                 print(_summary(row), file=sys.stderr, flush=True)
         minutes = (time.perf_counter() - protocol_start) / 60
@@ -183,8 +202,10 @@ def run(
 
 
 def _scope(setting: Setting) -> str:
+    index, total = setting.shard
+    share = f"shard {index}/{total} of " if total > 1 else ""
     return (
-        f"{setting.test_cases} test volumes, seeds {list(setting.seeds)}, "
+        f"{share}{setting.test_cases} test volumes, seeds {list(setting.seeds)}, "
         f"k {list(setting.slice_counts)}, {setting.budget_seconds:g} s per round"
     )
 
@@ -215,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="where learned methods run"
     )
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
+                        help="take every N-th test volume from the I-th (0-based), so that "
+                        "N processes share the work; per-volume protocols only")  # fmt: skip
+    parser.add_argument("--rates-only", action="store_true",
+                        help="measure (or load) the rates and stop: run it alone before the "
+                        "shards, which then read the same rates.json")  # fmt: skip
     args = parser.parse_args(argv)
     if not data_available():
         print("the hippocampus data is not beside the repository (../shared/data/hippocampus)",
@@ -232,9 +259,28 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.seeds:
         setting = dataclasses.replace(setting, seeds=tuple(args.seeds))
-    return run(
-        setting, args.protocol or list(PROTOCOLS), args.out, args.fresh, args.remeasure_rates
-    )
+    protocols = args.protocol or list(PROTOCOLS)
+    if args.shard != (0, 1):
+        if "dataset" in protocols:
+            parser.error("--shard splits the per-volume protocols: name them with --protocol")
+        if args.fresh or args.remeasure_rates:
+            parser.error(
+                "--shard reads the rates measured before (--rates-only): --fresh or "
+                "--remeasure-rates would let each shard measure or delete its own"
+            )
+        setting = dataclasses.replace(setting, shard=args.shard)
+    return run(setting, protocols, args.out, args.fresh, args.remeasure_rates, args.rates_only)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)``, with 0 <= I < N."""
+    try:
+        index, total = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= index < total:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be at least 0 and below N")
+    return index, total
 
 
 if __name__ == "__main__":

@@ -284,9 +284,13 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
         out += ["### Dataset protocol (8 labeled train volumes + the rest unlabeled)", ""]
         out += [*method_table(dataset, methods), ""]
         out += [*difference_table(dataset, "crii", ["supervised", "mean-teacher"]), ""]
-    speed = _read_json(folder.parent / "speed.json")
+    own_speed = folder / "speed.json"  # a setting run elsewhere (a GPU) brings its own
+    speed = _read_json(own_speed if own_speed.is_file() else folder.parent / "speed.json")
     if speed:
         out += speed_table(speed)
+    phantom = _read_json(folder / "gpu_check.json")
+    if phantom:
+        out += phantom_speed_table(phantom)
     return "\n".join(out)
 
 
@@ -301,15 +305,39 @@ def speed_table(rows: list[Row]) -> list[str]:
         "a fresh process.",
         "",
         "| method | precision | iterations / s | first preview s | round s | inference s "
-        "| peak memory MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| peak memory MiB | peak GPU memory MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        memory = row.get("peak_cuda_mib", row["peak_rss_mib"])
         out.append(
             f"| {row['method']} | {row['precision']} | {row['iterations_per_second']} | "
             f"{row['first_preview_seconds']} | {row['round_seconds']} | "
-            f"{row['inference_seconds']} | {memory} |"
+            f"{row['inference_seconds']} | {row['peak_rss_mib']} | "
+            f"{row.get('peak_cuda_mib', '–')} |"
+        )
+    return [*out, ""]
+
+
+def phantom_speed_table(report: dict[str, Any]) -> list[str]:
+    """The rows of benchmarks/gpu_check.py: fixed-iteration training on the phantom, CUDA in
+    float32 and mixed precision beside the CPU of the same machine."""
+    out = [
+        f"### Training speed on the phantom ({report['gpu'] or 'no GPU'}; CPU {report['cpu']};"
+        f" torch {report['torch']}, `python benchmarks/gpu_check.py`)",
+        "",
+        f"Volume {tuple(report['volume_shape'])}, slices {report['annotated_slices']} annotated;"
+        " the median rate over the logging windows after the first.",
+        "",
+        "| device | mixed precision | batch | iterations | iterations / s | × CPU "
+        "| whole-volume inference s | peak GPU memory MiB | Dice after training |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        out.append(
+            f"| {row['device']} | {'yes' if row['mixed_precision'] else 'no'} | {row['batch']} "
+            f"| {row['iterations']} | {row['iterations_per_second']} "
+            f"| {row.get('speedup_vs_cpu', 1.0)} | {row['inference_seconds_whole_volume']} "
+            f"| {row.get('peak_gpu_memory_mib', '–')} | {row['dice_after_training']} |"
         )
     return [*out, ""]
 

@@ -6,9 +6,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+import torch
 from conftest import save_nifti
 
+from training_backend import distributed
 from training_backend.checkpoint import load_checkpoint
+from training_backend.errors import TrainingError
 from training_backend.events import Error, Finished, Started, decode
 
 
@@ -106,3 +110,14 @@ def test_a_failed_final_save_on_rank_0_still_lets_the_others_leave(tiny_phantom,
     events = [decode(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert isinstance(events[-1], Error) and "No space left on device" in events[-1].message
     assert "another process stopped first" not in events[-1].message
+
+
+def test_more_processes_than_gpus_is_refused_with_advice(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        TrainingError, match=r"started 2 processes.*1 CUDA device.*-nproc-per-node 1"
+    ):
+        distributed.device_for_rank(torch.device("cuda"))

@@ -11,6 +11,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from training_backend.errors import TrainingError
+
 _in_step_collectives = False
 """True from joining the group until this process leaves the training loop normally: while
 it holds, a peer may be waiting in a gradient exchange or an :func:`agree`."""
@@ -80,6 +82,14 @@ def device_for_rank(device: torch.device) -> torch.device:
     """On CUDA each process takes the GPU of its local rank, and joins the group."""
     if device.type == "cuda" and launched_by_torchrun():
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        count = torch.cuda.device_count()
+        if local >= count:
+            started = os.environ.get("LOCAL_WORLD_SIZE", str(local + 1))
+            raise TrainingError(
+                f"torchrun started {started} processes on this machine, but it has {count} "
+                f"CUDA device(s) and each process needs its own: start at most {count} "
+                f"(--nproc-per-node {count}), or train on the CPU with --device cpu"
+            )
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     initialise(device)
