@@ -1,6 +1,8 @@
 """The `crii` command as outside tools call it: files in, files and JSON out."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -9,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import save_nifti
 
-from training_backend.cli import main, parse_slices
+from training_backend.cli import _install_stop_handlers, main, parse_slices
 from training_backend.errors import AnnotationError
 from training_backend.events import Error, Finished, Progress, Started, decode
+from training_backend.trainer import StopSignal
 
 TINY = [
     "--set", "model.base_width=8", "--set", "model.levels=3", "--set", "loss.patch_size=8",
@@ -253,3 +256,33 @@ def test_devices_lists_the_cpu_as_json(capsys):
     assert main(["devices"]) == 0
     devices = json.loads(capsys.readouterr().out)
     assert {"name": "cpu", "description": "CPU"} in devices
+
+
+@pytest.fixture
+def restored_signal_handlers():
+    saved = {name: signal.getsignal(name) for name in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for name, handler in saved.items():
+        signal.signal(name, handler)
+
+
+def test_sigterm_asks_for_a_clean_stop(restored_signal_handlers, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    stop = StopSignal()
+    _install_stop_handlers(stop)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested
+
+
+def test_under_torchrun_sigterm_ends_the_process_and_sigint_still_stops(
+    restored_signal_handlers, monkeypatch
+):
+    # torchrun sends SIGTERM to the survivors of a failed process: a survivor blocked while
+    # waiting for the failed one would never reach the clean stop, so SIGTERM is left alone
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    stop = StopSignal()
+    _install_stop_handlers(stop)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested

@@ -121,3 +121,21 @@ def test_more_processes_than_gpus_is_refused_with_advice(monkeypatch):
         TrainingError, match=r"started 2 processes.*1 CUDA device.*-nproc-per-node 1"
     ):
         distributed.device_for_rank(torch.device("cuda"))
+
+
+def test_a_process_without_a_gpu_of_its_own_stops_the_run(tiny_phantom, tmp_path):
+    # process 1 is told to use CUDA on a machine of one GPU; process 0 trains on the CPU and
+    # waits for it in the group's rendezvous: the run must end with the advice, not hang
+    entry = with_fault(
+        tmp_path,
+        """
+        torch.cuda.device_count = lambda: 1
+        def pick(name):
+            return torch.device("cuda" if os.environ["RANK"] == "1" else "cpu")
+        trainer.resolve_device = pick
+        """,
+    )
+    result = torchrun_train(tiny_phantom, tmp_path, entry, "--method", "supervised")
+    assert result.returncode != 0
+    assert "process 1: error: torchrun started 2 processes" in result.stderr
+    assert "--nproc-per-node 1" in result.stderr
