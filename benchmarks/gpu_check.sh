@@ -6,14 +6,17 @@
 #  1. training speed on CUDA (fp32 and mixed precision) beside the CPU, whole-volume inference
 #     time and peak GPU memory on the synthetic phantom (benchmarks/gpu_check.py);
 #  2. with the hippocampus data, the speed table on CUDA (benchmarks/speed.py);
-#  3. the rates of the learned methods on CUDA (real_data --rates-only).
+#  3. the rates of the learned methods on CUDA (real_data --rates-only; the rates.json already
+#     in benchmarks/results/gpu/ is kept, so a rerun on the same kind of GPU skips this step and
+#     goes on with the same rows: move the folder away for another card);
+#  4. where a training step's time goes on CUDA (benchmarks/profile_step.py).
 # Then side by side until the deadline (their results do not depend on the time they take):
-#  4. the interactive protocol of the `gpu` setting (15 s rounds at the CUDA rates, k = 2 and 3)
+#  5. the interactive protocol of the `gpu` setting (15 s rounds at the CUDA rates, k = 2 and 3)
 #     in SHARDS processes sharing the GPU; rows a process leaves unfinished are simply not
 #     written, and the same script started again goes on from there;
-#  5. the backend tests with CUDA as the automatic device (the CUDA cases of the loss tests);
-#  6. `crii demo` on CUDA, and `crii train` under torchrun: one process with NCCL, then more
-#     processes than GPUs (which must stop with advice).
+#  6. the backend tests with CUDA as the automatic device (the CUDA cases of the loss tests);
+#  7. `crii train` under torchrun with more processes than GPUs (which must stop with advice,
+#     at once), `crii demo` on CUDA, and `crii train` under torchrun in one process.
 # Finally the report (docs/results-gpu.md). If nibabel is missing there, bring its wheel in
 # .whl/ (pip download --no-deps nibabel). The data folder is found beside the repository
 # (../shared/data/hippocampus) or where CRII_HIPPOCAMPUS points (a copy in the ignored
@@ -49,7 +52,11 @@ step "3. rates on CUDA"
 timeout 200 python3 -m benchmarks.real_data --setting gpu --device "$device" --rates-only \
   --out benchmarks/results
 
-step "4-6. interactive protocol in $shards shards, tests, demo and torchrun, until the deadline"
+step "4. where a step's time goes on CUDA"
+timeout 150 python3 -m benchmarks.profile_step --device "$device" --out "$out/profile.json" \
+  | grep '^{'
+
+step "5-7. interactive protocol in $shards shards, tests, demo and torchrun, until the deadline"
 stop_at=$((deadline - 45))
 # run "$@" with what is left before stop_at as its time limit (nothing when under 10 s)
 bounded() {
@@ -65,7 +72,7 @@ done
 (
   parallel=()
   if python3 -c "import xdist" 2>/dev/null; then parallel=(-n 4); fi
-  bounded python3 -m pytest -q -p no:cacheprovider "${parallel[@]}" tests \
+  bounded python3 -m pytest -v -p no:cacheprovider "${parallel[@]}" tests \
     --ignore=tests/test_widget.py --ignore=tests/test_training_process.py \
     --ignore=tests/test_manifest.py
   echo "pytest exit $?"
@@ -74,14 +81,16 @@ done
   demo=/tmp/crii-gpu-demo
   bounded python3 -m training_backend demo --out "$demo" --seconds 10 --device "$device"
   echo "demo exit $?"
-  # one process: the torchrun launch on this device; two on a single GPU: refused with advice
-  # (NCCL between processes needs a GPU each, so it is not exercised on a one-GPU machine)
-  for processes in 1 2; do
-    echo "-- torchrun, $processes process(es)"
+  # more processes than GPUs: refused with advice, and every process ends at once (NCCL between
+  # processes needs a GPU each, so it is not exercised on a one-GPU machine); then one process
+  gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
+  for processes in $((gpus + 1)) 1; do
+    echo "-- $(date -u +%T) torchrun, $processes process(es)"
     bounded python3 -m torch.distributed.run --standalone --nproc-per-node "$processes" \
       -m training_backend train --image "$demo/image.nii.gz" --device "$device" \
       --labels "$demo/annotations.nii.gz" --iterations 200 --out "/tmp/crii-gpu-torchrun-$processes"
-    echo "torchrun with $processes process(es) exit $?"
+    status=$?
+    echo "$(date -u +%T) torchrun with $processes process(es) exit $status"
   done
 ) >"$logs/demo-torchrun.log" 2>&1 &
 wait
@@ -89,7 +98,9 @@ rows=$(cat "$logs"/shard-*.log | grep -c '^interactive ')
 echo "gpu interactive ($shards shards sharing the GPU, stopped at the script's deadline): $rows" \
   "rows in $(((SECONDS - started) / 60)) min of the script on $(python3 -c \
   'import benchmarks.real_data as r; print(r.machine())')" >>"$out/runtime.txt"
-tail -n 3 "$logs/pytest.log"
+echo "tests passed: $(grep -c ' PASSED ' "$logs/pytest.log")"
+grep ' FAILED \| ERROR ' "$logs/pytest.log" | sed 's/^\[gw[0-9]*\] *\[ *[0-9]*%\] *//'
+tail -n 2 "$logs/pytest.log"
 grep -h "exit\|error" "$logs/demo-torchrun.log"
 echo "interactive rows made: $rows"
 
