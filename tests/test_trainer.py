@@ -1,7 +1,9 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_job
+from conftest import tiny_config, tiny_job
 
 from training_backend import methods
 from training_backend.checkpoint import load_checkpoint
@@ -15,7 +17,9 @@ from training_backend.events import (
     Suggestions,
 )
 from training_backend.inference import load_model, predict_volume
+from training_backend.methods import ema_update
 from training_backend.metrics import mean_dice
+from training_backend.model import build_model
 from training_backend.trainer import train
 
 
@@ -232,3 +236,24 @@ def test_prior_extrapolate_decides_the_target_weight_beyond_the_outer_slices(
     inside = [z for z in range(min(slices), max(slices) + 1) if z not in slices]
     assert prepared.prior_weight[inside].max() > 0
     assert (prepared.prior_weight[beyond].max() > 0) == extrapolate
+
+
+def test_the_grouped_ema_update_matches_the_formula_tensor_by_tensor():
+    config = tiny_config()
+    student = build_model(config.model, torch.device("cpu"))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for tensor in student.state_dict().values():
+            if tensor.dtype.is_floating_point:
+                tensor.add_(torch.randn_like(tensor))
+            else:
+                tensor.add_(3)
+    expected = {
+        key: (0.9 * value + 0.1 * student.state_dict()[key])
+        if value.dtype.is_floating_point
+        else student.state_dict()[key].clone()
+        for key, value in teacher.state_dict().items()
+    }
+    ema_update(teacher, student, 0.9)
+    for key, value in teacher.state_dict().items():
+        assert torch.allclose(value, expected[key], rtol=1e-6, atol=1e-6), key
