@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import protocols, real_data, report  # noqa: E402
+from benchmarks import profile_step, protocols, real_data, report  # noqa: E402
 from benchmarks.cases import AXIAL, data_available, load_case, painted  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 
@@ -187,3 +188,13 @@ def test_painted_marks_background_slices_as_annotated():
     _, annotation = painted(case, [empty, 15])
     assert annotation.annotated[empty] and annotation.annotated[15]
     assert annotation.axis == AXIAL
+
+
+def test_step_profile_times_every_phase_of_a_step():
+    row = profile_step.profile("mean-teacher", torch.device("cpu"), 2, 1, 1)
+    assert set(row["median_ms"]) == set(profile_step.PHASES)
+    assert all(value >= 0 for value in row["median_ms"].values())
+    assert row["median_ms"]["losses"] > 0 and row["median_ms"]["after_step"] > 0
+    assert row["iterations_per_second_free"] > 0
+    assert "aten::" in row["profiler_table"]
+    assert row["kernel_launches_per_iteration"] == 0  # no GPU here
