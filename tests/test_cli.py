@@ -272,17 +272,3 @@ def test_sigterm_asks_for_a_clean_stop(restored_signal_handlers, monkeypatch):
     _install_stop_handlers(stop)
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.requested
-
-
-def test_under_torchrun_sigterm_ends_the_process_and_sigint_still_stops(
-    restored_signal_handlers, monkeypatch
-):
-    # torchrun sends SIGTERM to the survivors of a failed process: a survivor blocked while
-    # waiting for the failed one would never reach the clean stop, so SIGTERM is left alone
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    stop = StopSignal()
-    _install_stop_handlers(stop)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    os.kill(os.getpid(), signal.SIGINT)
-    assert stop.requested

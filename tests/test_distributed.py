@@ -112,30 +112,33 @@ def test_a_failed_final_save_on_rank_0_still_lets_the_others_leave(tiny_phantom,
     assert "another process stopped first" not in events[-1].message
 
 
-def test_more_processes_than_gpus_is_refused_with_advice(monkeypatch):
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_more_processes_than_gpus_is_refused_with_advice(monkeypatch, local_rank):
+    # every process refuses, the first too: none of them waits in the group for the others
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(
         TrainingError, match=r"started 2 processes.*1 CUDA device.*-nproc-per-node 1"
     ):
         distributed.device_for_rank(torch.device("cuda"))
+    assert not torch.distributed.is_initialized()
 
 
-def test_a_process_without_a_gpu_of_its_own_stops_the_run(tiny_phantom, tmp_path):
-    # process 1 is told to use CUDA on a machine of one GPU; process 0 trains on the CPU and
-    # waits for it in the group's rendezvous: the run must end with the advice, not hang
+def test_more_processes_than_gpus_under_torchrun_ends_every_process_with_the_advice(
+    tiny_phantom, tmp_path
+):
+    # two processes told to use CUDA on a machine of one GPU (simulated here)
     entry = with_fault(
         tmp_path,
         """
         torch.cuda.device_count = lambda: 1
-        def pick(name):
-            return torch.device("cuda" if os.environ["RANK"] == "1" else "cpu")
-        trainer.resolve_device = pick
+        trainer.resolve_device = lambda name: torch.device("cuda")
         """,
     )
     result = torchrun_train(tiny_phantom, tmp_path, entry, "--method", "supervised")
     assert result.returncode != 0
     assert "process 1: error: torchrun started 2 processes" in result.stderr
-    assert "--nproc-per-node 1" in result.stderr
+    events = [decode(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert isinstance(events[-1], Error) and "--nproc-per-node 1" in events[-1].message

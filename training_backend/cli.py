@@ -429,18 +429,14 @@ def _emitter(stream: TextIO | None, quiet: bool) -> Callable[[Event], None]:
 
 def _install_stop_handlers(stop: StopSignal) -> None:
     """SIGINT and SIGTERM ask for a clean stop after the current step (a second one kills).
-
-    Under torchrun, SIGTERM keeps its default and ends the process at once: torchrun sends it
-    to the survivors when a process has failed, and a survivor waiting for that process (in
-    joining the group, or in a gradient exchange) would never reach the next step."""
+    Under torchrun every process gets them, and they agree on the step to stop at."""
 
     def handler(signum: int, frame: object) -> None:
         if stop.requested:
             raise KeyboardInterrupt
         stop.request()
 
-    names = ("SIGINT",) if distributed.launched_by_torchrun() else ("SIGINT", "SIGTERM")
-    for name in names:
+    for name in ("SIGINT", "SIGTERM"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), handler)
 

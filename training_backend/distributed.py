@@ -82,9 +82,9 @@ def device_for_rank(device: torch.device) -> torch.device:
     """On CUDA each process takes the GPU of its local rank, and joins the group."""
     if device.type == "cuda" and launched_by_torchrun():
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        started = int(os.environ.get("LOCAL_WORLD_SIZE", str(local + 1)))
         count = torch.cuda.device_count()
-        if local >= count:
-            started = os.environ.get("LOCAL_WORLD_SIZE", str(local + 1))
+        if started > count:  # every process refuses, before any of them waits for the others
             raise TrainingError(
                 f"torchrun started {started} processes on this machine, but it has {count} "
                 f"CUDA device(s) and each process needs its own: start at most {count} "
