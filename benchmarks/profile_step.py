@@ -4,11 +4,11 @@
 
 Builds what a training round builds (the product's defaults, 3 annotated slices) and runs the
 loop's phases one by one: drawing the batch, augmenting it (and moving it to the device), the
-losses (forward passes), backward, the optimiser step and the method's after-step (the EMA
-teacher). Each phase is timed with the device synchronised before and after it, so a phase's
-figure is its own cost; the sum is therefore a little above an unsynchronised iteration. Then
-the torch profiler's operator table for a few more iterations. Medians over the timed
-iterations, after a warm-up.
+losses (forward passes, and the finiteness check the loop makes, which waits for the device),
+backward, the optimiser step and the method's after-step (the EMA teacher). Each phase is
+timed with the device synchronised before and after it, so a phase's figure is its own cost
+and their sum a little above an unsynchronised iteration (also given). Then the torch
+profiler's operator table for a few more iterations. Medians after a warm-up.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def profile(method_name: str, device: torch.device, iterations: int, warmup: int
     model = build_model(config.model, device)
     generator = torch.Generator().manual_seed(0)
     method = build_method(config, model, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+    )
     autocast = autocast_for(device, tc.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, tc.mixed_precision))
     sampler = BatchSampler(
@@ -63,6 +65,12 @@ def profile(method_name: str, device: torch.device, iterations: int, warmup: int
     )  # fmt: skip
     model.train()
     state: dict[str, Any] = {}
+    total_iterations = warmup + 2 * iterations + ops
+
+    def losses(progress: float) -> dict[str, torch.Tensor]:
+        named = method.losses(model, state["batch"], progress, autocast)
+        bool(torch.isfinite(named["total"].detach()))  # as the loop does, every step
+        return named
 
     def one(iteration: int, timings: dict[str, list[float]] | None) -> None:
         def phase(name, action):
@@ -75,10 +83,11 @@ def profile(method_name: str, device: torch.device, iterations: int, warmup: int
                 timings[name].append(1000 * (time.perf_counter() - start))
             return result
 
-        progress = iteration / (warmup + iterations + ops)
+        progress = min(1.0, iteration / total_iterations)
         batch = phase("sample", sampler.sample)
-        batch = phase("augment", lambda: augment(batch, tc.augment, generator, device))
-        state["named"] = phase("losses", lambda: method.losses(model, batch, progress, autocast))
+        state["batch"] = phase("augment", lambda: augment(batch, tc.augment, generator, device))
+        optimizer.param_groups[0]["lr"] = tc.learning_rate * (1.0 - 0.9 * progress)
+        state["named"] = phase("losses", lambda: losses(progress))
         optimizer.zero_grad(set_to_none=True)
         phase("backward", lambda: scaler.scale(state["named"]["total"]).backward())
         phase("step", lambda: (scaler.step(optimizer), scaler.update()))
@@ -111,7 +120,7 @@ def profile(method_name: str, device: torch.device, iterations: int, warmup: int
     cpu_sorted = profiler.key_averages().table(
         sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50
     )
-    launches = sum(e.count for e in profiler.key_averages() if e.key == "cudaLaunchKernel")
+    launches = sum(e.count for e in profiler.key_averages() if "LaunchKernel" in e.key)
     return {
         "method": method_name,
         "device": str(device),

@@ -59,14 +59,19 @@ def machine() -> str:
     return f"CPU {model}, {torch.get_num_threads()} threads"
 
 
-def load_rates(folder: Path, setting: Setting, fresh: bool, remeasure: bool = False) -> Rates:
-    """The stored rates of ``folder``, measured first where there are none or ``fresh``.
+def load_rates(
+    folder: Path, setting: Setting, fresh: bool, remeasure: bool = False, stored_only: bool = False
+) -> Rates:
+    """The stored rates of ``folder``, measured first where there are none or ``fresh``
+    (never with ``stored_only``: shards sharing a GPU must not measure side by side).
 
     ``remeasure`` (once, before resuming) measures again but keeps the rows: the new rates
     are :func:`rebased` so that ``supervised`` keeps its stored rate and setup (its rows stay
     valid), and :func:`supersede_stale_rows` renames the equal-time rows of the other methods
     made at the old rates. The rates a file replaces go to ``rates-history.jsonl``."""
     path = folder / "rates.json"
+    if stored_only and not path.is_file():
+        raise SystemExit(f"{path} is missing: measure the rates alone first (--rates-only)")
     if not path.is_file() or fresh or remeasure:
         previous = json.loads(path.read_text()) if path.is_file() else None
         if remeasure and not fresh and previous is not None:
@@ -77,7 +82,7 @@ def load_rates(folder: Path, setting: Setting, fresh: bool, remeasure: bool = Fa
         record = {**rates.to_dict(), "device": runs.DEVICE, "machine": machine()}
         if remeasure and not fresh and previous is not None:
             record = rebased(record, previous)
-        path.write_text(json.dumps(record, indent=1) + "\n")
+        write_text(path, json.dumps(record, indent=1) + "\n")
         if previous is not None:
             with open(folder / "rates-history.jsonl", "a") as stream:
                 stream.write(json.dumps(previous) + "\n")
@@ -86,6 +91,11 @@ def load_rates(folder: Path, setting: Setting, fresh: bool, remeasure: bool = Fa
         raise SystemExit(
             f"{path} holds rates measured on {data.get('device', 'cpu')}, not {runs.DEVICE}: "
             "use another --out folder for another device"
+        )
+    if data.get("machine", "").startswith("GPU") and data["machine"] != machine():
+        raise SystemExit(
+            f"{path} holds rates measured on {data['machine']}, not {machine()}: rows made "
+            "with them would not be at equal time here; use another --out folder"
         )
     rates = Rates(data["iterations_per_second"], data["setup_seconds"], data["case"],
                   data["slices"])  # fmt: skip
@@ -145,12 +155,24 @@ def _refuse_paced_rows(folder: Path) -> None:
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """One ``write`` in append mode, so rows of processes sharing the file never interleave."""
+    """One ``write`` in append mode, so rows of processes sharing the file (on a local disk)
+    do not interleave; a short write (a full disk) raises instead of leaving half a row."""
+    data = (json.dumps(row) + "\n").encode()
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(descriptor, (json.dumps(row) + "\n").encode())
+        written = os.write(descriptor, data)
     finally:
         os.close(descriptor)
+    if written != len(data):
+        raise OSError(f"{path}: only {written} of {len(data)} bytes of a row were written")
+
+
+def complete_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``path`` that end with a newline (another process may be writing one)."""
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines if line]
 
 
 def run(
@@ -165,7 +187,8 @@ def run(
     folder = out / setting_name
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rates = load_rates(folder, setting, fresh, remeasure_rates)
+    sharded = setting.shard != (0, 1)
+    rates = load_rates(folder, setting, fresh, remeasure_rates, stored_only=sharded)
     print(f"rates: {rates.to_dict()}", file=sys.stderr, flush=True)
     if rates_only:
         return 0
@@ -174,9 +197,7 @@ def run(
         path = folder / f"{name}.jsonl"
         if fresh and path.exists():
             path.unlink()
-        done = set()
-        if path.exists():
-            done = {row_key(json.loads(line)) for line in path.read_text().splitlines() if line}
+        done = {row_key(row) for row in complete_rows(path)}
         protocol_start = time.perf_counter()
         made = 0
         with tempfile.TemporaryDirectory() as scratch:

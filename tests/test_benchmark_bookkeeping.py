@@ -1,9 +1,11 @@
-"""Benchmark bookkeeping that needs no data: rebasing re-measured rates onto kept rows, and
-the table of tuning variants."""
+"""Benchmark bookkeeping that needs no data: rebasing re-measured rates onto kept rows, the
+table of tuning variants, shards, rows written by several processes, the GPU report tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -13,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.protocols import Rates  # noqa: E402
+from benchmarks import protocols, real_data, report  # noqa: E402
+from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 from benchmarks.real_data import rebased, supersede_stale_rows  # noqa: E402
 from benchmarks.tune import summary  # noqa: E402
 
@@ -69,3 +72,68 @@ def test_tuning_summary_groups_rows_by_variant_in_run_order(tmp_path: Path) -> N
     assert len(lines) == 4  # header, rule, one line per variant
     assert lines[2].startswith("| b | crii | defaults | 2 | 2 | 270 | 0.500 |")
     assert "loss.ema_decay=0.9 (tried)" in lines[3] and "| 0.700 |" in lines[3]
+
+
+def test_shards_split_the_test_volumes_without_overlap(monkeypatch):
+    names = [f"hippocampus_{i:03d}" for i in range(7)]
+    monkeypatch.setattr(protocols, "split_names", lambda split: names)
+    quick = SETTINGS["quick"]
+    shares = [
+        protocols.test_volumes(dataclasses.replace(quick, shard=(index, 3)), 5)
+        for index in range(3)
+    ]
+    assert shares == [names[0:5:3], names[1:5:3], names[2:5:3]]
+    assert sorted(name for share in shares for name in share) == names[:5]
+
+
+def test_shard_text_is_checked():
+    assert real_data.parse_shard("1/4") == (1, 4)
+    for wrong in ("4/4", "-1/2", "1", "a/b"):
+        with pytest.raises(real_data.argparse.ArgumentTypeError):
+            real_data.parse_shard(wrong)
+
+
+def _append_many(path: str, tag: str) -> None:
+    for index in range(200):
+        real_data.append_row(Path(path), {"case": f"{tag}{index}", "dice": [0.5] * 300})
+
+
+def test_rows_appended_by_several_processes_stay_whole(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(str(path), tag)) for tag in "abc"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    rows = real_data.complete_rows(path)
+    assert len(rows) == 600
+    assert {row["case"][0] for row in rows} == {"a", "b", "c"}
+
+
+def test_a_row_being_written_is_not_read(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    real_data.append_row(path, {"case": "done"})
+    with open(path, "a") as stream:
+        stream.write('{"case": "half')
+    assert real_data.complete_rows(path) == [{"case": "done"}]
+
+
+def test_gpu_tables_show_the_gpu_memory_and_the_speed_up():
+    speed = [{"method": "crii", "precision": "bfloat16", "iterations_per_second": 18.3,
+              "first_preview_seconds": 7.8, "round_seconds": 16.1, "inference_seconds": 0.06,
+              "peak_rss_mib": 1800.0, "peak_cuda_mib": 60.6, "budget_seconds": 10.0,
+              "volume_shape": [36, 52, 38], "machine": "GPU test"}]  # fmt: skip
+    assert "| crii | bfloat16 | 18.3 | 7.8 | 16.1 | 0.06 | 1800.0 | 60.6 |" in "\n".join(
+        report.speed_table(speed)
+    )
+    phantom = {"gpu": "test GPU", "cpu": "x86_64, 16 threads", "torch": "2.x",
+               "volume_shape": [96, 96, 64], "annotated_slices": [19, 32, 45],
+               "rows": [{"device": "cuda", "mixed_precision": True, "batch": 8,
+                         "iterations": 300, "iterations_per_second": 25.5,
+                         "speedup_vs_cpu": 2.7, "inference_seconds_whole_volume": 0.1,
+                         "peak_gpu_memory_mib": 121.0, "dice_after_training": 0.88}]}  # fmt: skip
+    text = "\n".join(report.phantom_speed_table(phantom))
+    assert (
+        "test GPU" in text and "| cuda | yes | 8 | 300 | 25.5 | 2.7 | 0.1 | 121.0 | 0.88 |" in text
+    )

@@ -144,25 +144,27 @@ def test_runner_writes_rows_and_report_reads_them(tmp_path, monkeypatch):
     assert (docs / "images" / "results-tiny-dice-vs-slices.png").stat().st_size > 1000
 
 
-def test_shards_split_the_test_volumes_without_overlap(monkeypatch):
-    names = [f"hippocampus_{i:03d}" for i in range(7)]
-    monkeypatch.setattr(protocols, "split_names", lambda split: names)
-    shares = [
-        protocols.test_volumes(dataclasses.replace(TINY, shard=(index, 3)), 5) for index in range(3)
-    ]
-    assert shares == [names[0:5:3], names[1:5:3], names[2:5:3]]
-    assert sorted(name for share in shares for name in share) == names[:5]
-
-
 def test_shard_option_is_checked_and_refuses_what_would_clash(capsys):
     assert real_data.parse_shard("1/4") == (1, 4)
     for wrong in ("4/4", "-1/2", "1", "a/b"):
         with pytest.raises(real_data.argparse.ArgumentTypeError):
             real_data.parse_shard(wrong)
-    for clash in (["--protocol", "dataset"], ["--protocol", "interactive", "--fresh"]):
+    for clash in (
+        ["--protocol", "dataset"],
+        ["--protocol", "interactive", "--fresh"],
+        ["--protocol", "interactive", "--remeasure-rates"],
+    ):
         with pytest.raises(SystemExit):
             real_data.main(["--setting", "quick", "--shard", "0/2", *clash])
         assert "--shard" in capsys.readouterr().err
+
+
+def test_a_shard_never_measures_rates_itself(tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, "tiny", TINY)
+    with pytest.raises(SystemExit, match="--rates-only"):
+        real_data.main(["--setting", "tiny", "--protocol", "interactive", "--shard", "0/2",
+                        "--out", str(tmp_path)])  # fmt: skip
+    assert not (tmp_path / "tiny" / "interactive.jsonl").exists()
 
 
 def test_rates_only_measures_nothing_else(tmp_path, monkeypatch):
@@ -172,14 +174,6 @@ def test_rates_only_measures_nothing_else(tmp_path, monkeypatch):
     (folder / "rates.json").write_text(json.dumps({**RATES.to_dict(), "machine": "test"}))
     assert real_data.main(["--setting", "tiny", "--rates-only", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["rates.json"]
-
-
-def test_rows_are_appended_whole(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    for index in range(3):
-        real_data.append_row(path, {"case": f"c{index}", "dice": [0.5] * 500})
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [row["case"] for row in rows] == ["c0", "c1", "c2"]
 
 
 def test_painted_marks_background_slices_as_annotated():

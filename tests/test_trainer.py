@@ -238,7 +238,7 @@ def test_prior_extrapolate_decides_the_target_weight_beyond_the_outer_slices(
     assert (prepared.prior_weight[beyond].max() > 0) == extrapolate
 
 
-def test_the_grouped_ema_update_matches_the_formula_tensor_by_tensor():
+def test_the_grouped_ema_update_gives_the_same_teacher_as_tensor_by_tensor():
     config = tiny_config()
     student = build_model(config.model, torch.device("cpu"))
     teacher = copy.deepcopy(student)
@@ -248,12 +248,30 @@ def test_the_grouped_ema_update_matches_the_formula_tensor_by_tensor():
                 tensor.add_(torch.randn_like(tensor))
             else:
                 tensor.add_(3)
-    expected = {
-        key: (0.9 * value + 0.1 * student.state_dict()[key])
-        if value.dtype.is_floating_point
-        else student.state_dict()[key].clone()
-        for key, value in teacher.state_dict().items()
-    }
+    reference = copy.deepcopy(teacher)
+    with torch.no_grad():  # the update as it was written first, one tensor at a time
+        for key, value in reference.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(0.9).add_(student.state_dict()[key], alpha=0.1)
+            else:
+                value.copy_(student.state_dict()[key])
     ema_update(teacher, student, 0.9)
     for key, value in teacher.state_dict().items():
-        assert torch.allclose(value, expected[key], rtol=1e-6, atol=1e-6), key
+        assert torch.equal(value, reference.state_dict()[key]), key
+
+
+def test_the_teacher_follows_the_network_inside_a_data_parallel_wrapper():
+    config = tiny_config(method="mean-teacher")
+    network = build_model(config.model, torch.device("cpu"))
+    wrapper = torch.nn.Module()
+    wrapper.module = network  # what DistributedDataParallel looks like to the method
+    method = methods.build_method(config, wrapper, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(1.0)
+    before = [p.clone() for p in method.teacher.parameters()]
+    method.after_step(wrapper, 1)  # decay min(ema, 1 - 1/2) = 0.5
+    for old, new, student in zip(
+        before, method.teacher.parameters(), network.parameters(), strict=True
+    ):
+        assert torch.allclose(new, 0.5 * old + 0.5 * student)

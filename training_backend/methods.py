@@ -204,22 +204,20 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """teacher = decay * teacher + (1 - decay) * student for floating tensors (parameters and
     buffers), a copy for the others (batch-norm counters). Grouped operations: a few kernel
     launches for the whole network instead of two per tensor, which count on a GPU."""
-    pairs = zip(
-        [*teacher.parameters(), *teacher.buffers()],
-        [*student.parameters(), *student.buffers()],
-        strict=True,
-    )
-    floating_teacher, floating_student = [], []
+    mine = [*teacher.named_parameters(), *teacher.named_buffers()]
+    theirs = [*student.named_parameters(), *student.named_buffers()]
+    if [name for name, _ in mine] != [name for name, _ in theirs]:
+        raise ValueError("the teacher and the student are not the same network")
+    pairs = [(target, source) for (_, target), (_, source) in zip(mine, theirs, strict=True)]
+    targets = [target for target, _ in pairs if target.dtype.is_floating_point]
+    sources = [source for target, source in pairs if target.dtype.is_floating_point]
     with torch.no_grad():
-        for mine, theirs in pairs:
-            if mine.dtype.is_floating_point:
-                floating_teacher.append(mine)
-                floating_student.append(theirs)
-            else:
-                mine.copy_(theirs)
-        if floating_teacher:
-            torch._foreach_mul_(floating_teacher, decay)
-            torch._foreach_add_(floating_teacher, floating_student, alpha=1.0 - decay)
+        if targets:
+            torch._foreach_mul_(targets, decay)
+            torch._foreach_add_(targets, sources, alpha=1.0 - decay)
+        for target, source in pairs:
+            if not target.dtype.is_floating_point:
+                target.copy_(source)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
