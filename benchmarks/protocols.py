@@ -13,6 +13,7 @@ equal-iteration comparison gives every method the iterations of ``supervised``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -114,24 +115,6 @@ SETTINGS = {
         equal_iteration_counts=(),
         interactive_methods=("crii", "supervised", "mean-teacher"),
     ),
-    # gpu: the interactive protocol at 15 s rounds with the rates of a GPU, k = 2 and 3, the
-    # three learned methods; meant for benchmarks/gpu_check.sh (shards share the GPU)
-    "gpu": Setting(
-        name="gpu",
-        test_cases=52,
-        seeds=(0,),
-        slice_counts=(2, 3),
-        budget_seconds=15.0,
-        ablation_cases=0,
-        next_cases=0,
-        next_rounds=0,
-        next_budget_seconds=0.0,
-        dataset_labeled=0,
-        dataset_eval_cases=0,
-        dataset_budget_seconds=0.0,
-        equal_iteration_counts=(),
-        interactive_methods=("crii", "supervised", "mean-teacher"),
-    ),
     "full": Setting(
         name="full",
         test_cases=52,
@@ -148,6 +131,9 @@ SETTINGS = {
         equal_iteration_counts=(2, 3),
     ),
 }
+# gpu: the long setting's volumes, k and methods at 15 s rounds, with the rates of a GPU; meant
+# for benchmarks/gpu_check.sh (shards share the GPU)
+SETTINGS["gpu"] = dataclasses.replace(SETTINGS["long"], name="gpu", budget_seconds=15.0)
 
 
 @dataclass
