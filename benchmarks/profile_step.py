@@ -30,8 +30,15 @@ from training_backend.devices import autocast_for, needs_grad_scaler
 from training_backend.methods import build_method
 from training_backend.model import build_model
 from training_backend.simulate import spread_slices
-from training_backend.trainer import TrainingJob, TrainingVolume, _prepare_volumes
-from training_backend.volumes import BatchSampler, augment
+from training_backend.trainer import (
+    TrainingJob,
+    TrainingVolume,
+    build_optimizer,
+    build_sampler,
+    learning_rate_at,
+    prepare_volumes,
+)
+from training_backend.volumes import augment
 
 PHASES = ("sample", "augment", "losses", "backward", "step", "after_step")
 
@@ -49,20 +56,14 @@ def profile(method_name: str, device: torch.device, iterations: int, warmup: int
     tc = config.train
     job = TrainingJob(config, [TrainingVolume(case.image, annotation, case.spacing, case.name)],
                       Path("unused"))  # fmt: skip
-    volumes = _prepare_volumes(job, AXIAL)
+    volumes = prepare_volumes(job, AXIAL)
     model = build_model(config.model, device)
     generator = torch.Generator().manual_seed(0)
     method = build_method(config, model, generator)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
-    )
+    optimizer = build_optimizer(model, tc)
     autocast = autocast_for(device, tc.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, tc.mixed_precision))
-    sampler = BatchSampler(
-        volumes if method.uses_unlabeled else [v for v in volumes if v.labels is not None],
-        tc.batch_size, tc.labeled_fraction if method.uses_unlabeled else 1.0, tc.crop_size,
-        tc.context, model.size_multiple, seed=0,
-    )  # fmt: skip
+    sampler = build_sampler(volumes, method, tc, model.size_multiple, seed=0)
     model.train()
     state: dict[str, Any] = {}
     total_iterations = warmup + 2 * iterations + ops
@@ -86,7 +87,7 @@ def profile(method_name: str, device: torch.device, iterations: int, warmup: int
         progress = min(1.0, iteration / total_iterations)
         batch = phase("sample", sampler.sample)
         state["batch"] = phase("augment", lambda: augment(batch, tc.augment, generator, device))
-        optimizer.param_groups[0]["lr"] = tc.learning_rate * (1.0 - 0.9 * progress)
+        optimizer.param_groups[0]["lr"] = learning_rate_at(tc, progress)
         state["named"] = phase("losses", lambda: losses(progress))
         optimizer.zero_grad(set_to_none=True)
         phase("backward", lambda: scaler.scale(state["named"]["total"]).backward())

@@ -226,12 +226,12 @@ def test_crii_same_pass_target_runs_one_forward_per_step(tiny_phantom, tmp_path,
 def test_prior_extrapolate_decides_the_target_weight_beyond_the_outer_slices(
     tiny_phantom, tmp_path, extrapolate
 ):
-    from training_backend.trainer import _prepare_volumes
+    from training_backend.trainer import prepare_volumes
 
     _, _, slices = tiny_phantom
     job = tiny_job(tiny_phantom, tmp_path, iterations=1)
     job.config.loss.prior_extrapolate = extrapolate
-    (prepared,) = _prepare_volumes(job, 0)
+    (prepared,) = prepare_volumes(job, 0)
     beyond = np.r_[0 : min(slices), max(slices) + 1 : prepared.image.shape[0]]
     inside = [z for z in range(min(slices), max(slices) + 1) if z not in slices]
     assert prepared.prior_weight[inside].max() > 0

@@ -21,7 +21,7 @@ from training_backend import distributed, losses, memory
 from training_backend.annotations import SparseAnnotation
 from training_backend.atomic import atomic_path
 from training_backend.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
-from training_backend.config import CriiConfig
+from training_backend.config import CriiConfig, TrainConfig
 from training_backend.devices import autocast_for, needs_grad_scaler, resolve_device
 from training_backend.errors import CriiError, TrainingError, VolumeError
 from training_backend.events import (
@@ -41,7 +41,7 @@ from training_backend.events import (
     STOP_FILE as STOP_FILE,  # re-exported: callers name the run folder's files from here
 )
 from training_backend.inference import predict_final, predict_slices, suggest_slices
-from training_backend.methods import build_method
+from training_backend.methods import TrainingMethod, build_method
 from training_backend.model import build_model
 from training_backend.prior import leave_one_out_reliability, shape_prior
 from training_backend.volumes import (
@@ -118,7 +118,9 @@ def train(job: TrainingJob) -> Iterator[Event]:
         yield Error(message=str(exc), error_type=type(exc).__name__)
 
 
-def _prepare_volumes(job: TrainingJob, axis: int) -> list[SliceVolume]:
+def prepare_volumes(job: TrainingJob, axis: int) -> list[SliceVolume]:
+    """The job's volumes as the loop samples them: normalised, slice-major along ``axis``, with
+    the shape prior and its weight for ``crii``."""
     config = job.config
     use_prior = config.train.method == "crii" and config.loss.use_prior
     prepared = []
@@ -256,6 +258,38 @@ def _check_memory(job: TrainingJob) -> None:
         memory.check_fits(needed, "predicting", job.volumes[0].name, shape)
 
 
+def build_optimizer(network: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the configured rate and weight decay (the rate then follows the schedule)."""
+    return torch.optim.AdamW(
+        network.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+    )
+
+
+def learning_rate_at(tc: TrainConfig, progress: float) -> float:
+    """The schedule: linear from the configured rate down to a tenth of it."""
+    return tc.learning_rate * (1.0 - 0.9 * progress)
+
+
+def build_sampler(
+    volumes: list[SliceVolume],
+    method: TrainingMethod,
+    tc: TrainConfig,
+    size_multiple: int,
+    seed: int,
+) -> BatchSampler:
+    """Batches of labeled slices, and unlabeled ones for the methods that use them."""
+    return BatchSampler(
+        volumes if method.uses_unlabeled else [v for v in volumes if v.labels is not None],
+        tc.batch_size,
+        tc.labeled_fraction if method.uses_unlabeled else 1.0,
+        tc.crop_size,
+        tc.context,
+        size_multiple,
+        seed=seed,
+        all_orientations=tc.orientations == "all",
+    )
+
+
 def _train(job: TrainingJob) -> Iterator[Event]:
     config = job.config.validate()
     tc = config.train
@@ -268,7 +302,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
         raise VolumeError("no annotated volume: give at least one image with its labels")
     axis = annotated[0].annotation.axis
     _check_memory(job)
-    volumes = _prepare_volumes(job, axis)
+    volumes = prepare_volumes(job, axis)
     model = build_model(config.model, device)
     start_iteration = 0
     resumed: CheckpointData | None = None
@@ -285,24 +319,12 @@ def _train(job: TrainingJob) -> Iterator[Event]:
     method = build_method(config, network, generator)
     if resumed is not None and resumed.teacher_state is not None and method.teacher is not None:
         method.teacher.load_state_dict(resumed.teacher_state)
-    optimizer = torch.optim.AdamW(
-        network.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
-    )
+    optimizer = build_optimizer(network, tc)
     if resumed is not None and resumed.optimizer_state is not None:
         optimizer.load_state_dict(resumed.optimizer_state)
     autocast = autocast_for(device, tc.mixed_precision)
     scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, tc.mixed_precision))
-    labeled_fraction = tc.labeled_fraction if method.uses_unlabeled else 1.0
-    sampler = BatchSampler(
-        volumes if method.uses_unlabeled else [v for v in volumes if v.labels is not None],
-        tc.batch_size,
-        labeled_fraction,
-        tc.crop_size,
-        tc.context,
-        model.size_multiple,
-        seed=tc.seed + 104729 * rank,
-        all_orientations=tc.orientations == "all",
-    )
+    sampler = build_sampler(volumes, method, tc, model.size_multiple, seed=tc.seed + 104729 * rank)
     run_dir = Path(job.run_dir)
     model_path = run_dir / MODEL_FILE
     if main:
@@ -353,7 +375,7 @@ def _train(job: TrainingJob) -> Iterator[Event]:
             reason = "stopped" if job.stop.requested else "budget"
             break
         batch = augment(sampler.sample(), tc.augment, generator, device)
-        optimizer.param_groups[0]["lr"] = tc.learning_rate * (1.0 - 0.9 * progress)
+        optimizer.param_groups[0]["lr"] = learning_rate_at(tc, progress)
         out_of_memory = False
         try:
             named = method.losses(network, batch, progress, autocast)
