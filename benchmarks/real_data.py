@@ -169,10 +169,10 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 def complete_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of ``path`` that end with a newline (another process may be writing one)."""
-    if not path.exists():
+    if not path.is_file():
         return []
     lines = path.read_text().split("\n")[:-1]
-    return [json.loads(line) for line in lines if line]
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def run(

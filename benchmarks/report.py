@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.real_data import RESULTS
+from benchmarks.real_data import RESULTS, complete_rows
 from benchmarks.stats import excludes_zero, format_difference, mean_sd, paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +40,7 @@ table gives the interval but no verdict."""
 
 
 def read_rows(folder: Path, protocol: str) -> list[Row]:
-    path = folder / f"{protocol}.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return complete_rows(folder / f"{protocol}.jsonl")
 
 
 def per_volume(rows: Iterable[Row], value: Callable[[Row], float | None]) -> dict[str, float]:
