@@ -126,10 +126,13 @@ def test_more_processes_than_gpus_is_refused_with_advice(monkeypatch, local_rank
     assert not torch.distributed.is_initialized()
 
 
-def test_more_processes_than_gpus_under_torchrun_ends_every_process_with_the_advice(
+def test_more_processes_than_gpus_under_torchrun_ends_the_run_with_the_advice(
     tiny_phantom, tmp_path
 ):
-    # two processes told to use CUDA on a machine of one GPU (simulated here)
+    """Two processes told to use CUDA on a machine of one GPU (simulated here): the run ends
+    (no process waits in the group), non-zero, with the advice in rank 0's events. Process 1's
+    own message is not asserted: when rank 0 leaves first, torchrun may stop process 1 before
+    it prints (the unit test above covers its refusal)."""
     entry = with_fault(
         tmp_path,
         """
@@ -139,6 +142,5 @@ def test_more_processes_than_gpus_under_torchrun_ends_every_process_with_the_adv
     )
     result = torchrun_train(tiny_phantom, tmp_path, entry, "--method", "supervised")
     assert result.returncode != 0
-    assert "process 1: error: torchrun started 2 processes" in result.stderr
     events = [decode(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert isinstance(events[-1], Error) and "--nproc-per-node 1" in events[-1].message
