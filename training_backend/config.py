@@ -41,6 +41,7 @@ class LossConfig:
     hard_pixels: int = 8
     use_prior: bool = True
     prior_extrapolate: bool = True  # the training target uses the prior beyond the outer slices
+    prior_align: bool = True  # interpolate outlines moved onto each other (prior.py)
     teacher: str = "ema"
     ema_decay: float = 0.99
 
@@ -169,6 +170,7 @@ class CriiConfig:
         for name, value in (
             ("loss.use_prior", lo.use_prior),
             ("loss.prior_extrapolate", lo.prior_extrapolate),
+            ("loss.prior_align", lo.prior_align),
             ("train.mixed_precision", t.mixed_precision),
             ("predict.keep_annotated_components", self.predict.keep_annotated_components),
         ):

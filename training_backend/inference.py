@@ -222,7 +222,9 @@ def finish_prediction(
     settings = config.predict
     probabilities, refined = prediction.probabilities, prediction.refined
     if config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0:
-        probabilities = blend_with_prior(probabilities, annotation, settings.prior_blend, spacing)
+        probabilities = blend_with_prior(
+            probabilities, annotation, settings.prior_blend, spacing, config.loss.prior_align
+        )
         refined = probabilities.argmax(0).astype(np.uint8)
     if settings.keep_annotated_components:
         refined = keep_annotated_components(refined, annotation)

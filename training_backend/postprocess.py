@@ -22,8 +22,10 @@ def blend_with_prior(
     annotation: SparseAnnotation,
     weight: float,
     spacing: tuple[float, float, float] | None = None,
+    align: bool = True,
 ) -> np.ndarray:
-    """``(1 - weight) * probabilities + weight * prior`` over ``(K, *shape)`` float32."""
+    """``(1 - weight) * probabilities + weight * prior`` over ``(K, *shape)`` float32
+    (``align``: see :func:`~training_backend.prior.interpolate_labels`)."""
     if weight <= 0.0 or not annotation.annotated.any():
         return probabilities
     prior = shape_prior(
@@ -33,6 +35,7 @@ def blend_with_prior(
         probabilities.shape[0],
         extrapolate=True,
         spacing=spacing,
+        align=align,
     )
     blended = prior.probabilities
     blended *= weight

@@ -3,6 +3,9 @@
 Each foreground class is described on every annotated slice by its 2D signed distance (mm,
 negative inside). Between consecutive annotated slices the distances are interpolated linearly
 along the slice axis, as 3D Slicer's "fill between slices" and ITK-SNAP's interpolation do.
+By default the two outlines are first moved onto each other (their centroids travel linearly
+from one slice to the next), so a cross-section that drifts in the plane, as a curved
+structure's does, is carried along instead of fading out where the outlines do not overlap.
 Beyond the outermost annotated slices the object can be extrapolated as a shrinking cap
 (docs/method.md: extrapolation helped on left atrium and hippocampus).
 """
@@ -46,6 +49,7 @@ class _Slice:
     distance: np.ndarray  # float32 (K-1, A, B), mm, negative inside
     depth: np.ndarray  # float64 (K-1,): deepest inside distance (inscribed radius), 0 if absent
     radius: np.ndarray  # float64 (K-1,): sqrt(area / pi) in mm, 0 if absent
+    centre: np.ndarray  # float64 (K-1, 2): centroid in pixels, NaN if absent
 
 
 @dataclass
@@ -59,6 +63,7 @@ class _Setup:
     dz: float
     plane: tuple[float, float]
     far: float  # distance standing for "class absent on this slice" (in-plane diagonal, mm)
+    align: bool  # move each class's outlines onto each other before blending them
 
 
 def shape_prior(
@@ -69,6 +74,7 @@ def shape_prior(
     extrapolate: bool = True,
     spacing: tuple[float, float, float] | None = None,
     softness: float = 1.5,
+    align: bool = True,
 ) -> ShapePrior:
     """Soft prior, hard labels and per-voxel confidence interpolated from the annotated slices.
 
@@ -78,17 +84,18 @@ def shape_prior(
     ``-d_k / softness`` for each foreground class and 0 for background, so for one class
     ``p = sigmoid(-d / softness)`` and the argmax equals the hard rule (class with the most
     negative distance, background where none is negative; float ties on the boundary aside).
-    Classes never compete in practice: on a painted slice ``d_i + d_j >= 0`` for two classes,
-    and blending and growing keep it. On annotated slices the prior is the
-    annotation itself (one-hot). Confidence elsewhere is
+    Without ``align`` classes never compete: on a painted slice ``d_i + d_j >= 0`` for two
+    classes, and blending and growing keep it. Aligned outlines move independently and may
+    overlap; the deeper class (more negative distance) takes such a voxel. On annotated slices
+    the prior is the annotation itself (one-hot). Confidence elsewhere is
     ``exp(-slices to nearest annotated / 4) * (1 - exp(-margin / softness))`` with ``margin``
     the mm distance to the decision boundary (gap between the two highest logits x softness).
     With ``extrapolate=False`` slices outside the annotated range are background with
-    confidence 0. Extrapolation: see :func:`interpolate_labels`.
+    confidence 0. Extrapolation and ``align``: see :func:`interpolate_labels`.
     """
     if not (np.isfinite(softness) and softness > 0):
         raise AnnotationError(f"softness must be a positive number of mm, got {softness}.")
-    setup = _setup(labels, annotated, axis, num_classes, spacing)
+    setup = _setup(labels, annotated, axis, num_classes, spacing, align)
     z_count = setup.labels.shape[0]
     plane_shape = setup.labels.shape[1:]
     probabilities = np.zeros((num_classes, z_count, *plane_shape), dtype=np.float32)
@@ -129,12 +136,18 @@ def interpolate_labels(
     num_classes: int,
     extrapolate: bool = False,
     spacing: tuple[float, float, float] | None = None,
+    align: bool = True,
 ) -> np.ndarray:
     """Hard labels by signed-distance interpolation between annotated slices (the baseline).
 
     Annotated slices are reproduced exactly. Between two annotated slices a class present on
     only one of them shrinks to nothing halfway (its missing side gets the present side's
-    distance plus twice its inscribed radius). Outside the annotated range: background with
+    distance plus twice its inscribed radius). With ``align`` a class present on both slices is
+    shifted in the plane before the blend: at fraction ``t`` of the way the first outline is
+    moved by ``t`` times the offset between the two centroids and the second one back by
+    ``1 - t`` times it, so the blended outline travels from one centroid to the other (on the
+    hippocampus ``train`` split, the posterior class's interpolation from 2 slices went from
+    Dice 0.32 to 0.52). Outside the annotated range: background with
     ``extrapolate=False``; otherwise the outer slice's distance grows as
     ``d + r * s / L`` (``s`` mm beyond the slice, ``r = sqrt(area / pi)`` of the class on that
     slice, ``L = max(2 slices, mean gap between annotated slices, r)`` in mm): a disc tapers to
@@ -142,7 +155,7 @@ def interpolate_labels(
     slices the structure ends about half a gap beyond the outer one; the cone's volume matches
     that best among the lengths we tried on the hippocampus ``train`` split.
     """
-    setup = _setup(labels, annotated, axis, num_classes, spacing)
+    setup = _setup(labels, annotated, axis, num_classes, spacing, align)
     hard = np.zeros(setup.labels.shape, dtype=_label_dtype(num_classes))
     for start, stop, distance in _distance_chunks(setup, extrapolate):
         if distance is not None:
@@ -153,7 +166,7 @@ def interpolate_labels(
 
 
 def leave_one_out_reliability(
-    labels: np.ndarray, annotated: np.ndarray, axis: int, num_classes: int
+    labels: np.ndarray, annotated: np.ndarray, axis: int, num_classes: int, align: bool = True
 ) -> float | None:
     """Mean foreground Dice of re-predicting each inner annotated slice from its neighbours.
 
@@ -165,7 +178,7 @@ def leave_one_out_reliability(
     sits twice as far from its neighbours as unannotated slices do (3 slices on a hippocampus,
     whose two ends hold different classes, score about 0).
     """
-    setup = _setup(labels, annotated, axis, num_classes, None)
+    setup = _setup(labels, annotated, axis, num_classes, None, align)
     indices = np.flatnonzero(setup.annotated)
     holding = [i for i, z in enumerate(indices) if setup.labels[z].any()]
     if len(holding) < 3:
@@ -176,7 +189,7 @@ def leave_one_out_reliability(
         after = _slice(setup, int(indices[position + 1]))
         z = int(indices[position])
         t = np.array([(z - before.index) / (after.index - before.index)])
-        predicted = _decide(_between(before, after, t))[0]
+        predicted = _decide(_between(before, after, t, setup.align))[0]
         truth = setup.labels[z]
         dices = []
         for k in range(1, num_classes):
@@ -194,6 +207,7 @@ def _setup(
     axis: int,
     num_classes: int,
     spacing: Sequence[float] | None,
+    align: bool,
 ) -> _Setup:
     labels = np.asarray(labels)
     if labels.ndim != 3:
@@ -238,6 +252,7 @@ def _setup(
         dz=sizes[axis],
         plane=(plane[0], plane[1]),
         far=float(np.hypot(*extent)),
+        align=bool(align),
     )
 
 
@@ -252,6 +267,7 @@ def _slice(setup: _Setup, z: int) -> _Slice:
     distance = np.full((count, *plane.shape), setup.far, dtype=np.float32)
     depth = np.zeros(count)
     radius = np.zeros(count)
+    centre = np.full((count, 2), np.nan)
     pixel_area = setup.plane[0] * setup.plane[1]
     for k in range(1, setup.num_classes):
         mask = plane == k
@@ -266,14 +282,17 @@ def _slice(setup: _Setup, z: int) -> _Slice:
             distance[k - 1] = outside - inside
         depth[k - 1] = -float(distance[k - 1].min())
         radius[k - 1] = np.sqrt(area * pixel_area / np.pi)
-    return _Slice(index=z, distance=distance, depth=depth, radius=radius)
+        centre[k - 1] = [float(np.mean(axis_indices)) for axis_indices in np.nonzero(mask)]
+    return _Slice(index=z, distance=distance, depth=depth, radius=radius, centre=centre)
 
 
-def _between(before: _Slice, after: _Slice, t: np.ndarray) -> np.ndarray:
+def _between(before: _Slice, after: _Slice, t: np.ndarray, align: bool) -> np.ndarray:
     """Linear blend of two slices' distances at fractions ``t`` (n,) -> (n, K-1, A, B).
 
     A class present on one side only gets, on the other side, the present side's distance plus
     twice its inscribed radius, so it shrinks and vanishes halfway between the two slices.
+    With ``align`` a class present on both sides is blended after moving both outlines to the
+    centroid interpolated at ``t``.
     """
     start = before.distance
     stop = after.distance
@@ -284,7 +303,24 @@ def _between(before: _Slice, after: _Slice, t: np.ndarray) -> np.ndarray:
         stop[only_before] = start[only_before] + 2 * before.depth[only_before, None, None]
         start[only_after] = stop[only_after] + 2 * after.depth[only_after, None, None]
     w = t.astype(np.float32)[:, None, None, None]
-    return (1 - w) * start[None] + w * stop[None]
+    blended = (1 - w) * start[None] + w * stop[None]
+    if align:
+        both = np.flatnonzero((before.depth > 0) & (after.depth > 0))
+        for k in both:
+            offset = after.centre[k] - before.centre[k]
+            if not np.any(np.abs(offset) >= 0.5):  # under half a pixel: the plain blend
+                continue
+            for i, fraction in enumerate(t.astype(np.float64)):
+                moved_start = _shifted(start[k], fraction * offset)
+                moved_stop = _shifted(stop[k], (fraction - 1.0) * offset)
+                blended[i, k] = (1 - fraction) * moved_start + fraction * moved_stop
+    return blended
+
+
+def _shifted(distance: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``distance`` (A, B) moved by ``offset`` pixels (linear interpolation; the edge values
+    continue beyond the border, which keeps the sign of far-away distances)."""
+    return ndimage.shift(distance, offset, order=1, mode="nearest")
 
 
 def _beyond(outer: _Slice, steps: np.ndarray, dz: float, gap: float) -> np.ndarray:
@@ -321,7 +357,7 @@ def _distance_chunks(
         for start in range(previous.index + 1, current.index, _CHUNK_SLICES):
             stop = min(start + _CHUNK_SLICES, current.index)
             t = (np.arange(start, stop) - previous.index) / span
-            yield start, stop, _between(previous, current, t)
+            yield start, stop, _between(previous, current, t, setup.align)
         yield current.index, current.index + 1, current.distance[None]
         previous = current
     for start in range(last + 1, z_count, _CHUNK_SLICES):

@@ -144,11 +144,16 @@ def prepare_volumes(job: TrainingJob, axis: int) -> list[SliceVolume]:
                 config.model.num_classes,
                 extrapolate=config.loss.prior_extrapolate,
                 spacing=volume.spacing,
+                align=config.loss.prior_align,
             )
             reliability = None
             if annotation.annotated.sum() >= MIN_SLICES_FOR_RELIABILITY:
                 reliability = leave_one_out_reliability(
-                    annotation.labels, annotation.annotated, axis, config.model.num_classes
+                    annotation.labels,
+                    annotation.annotated,
+                    axis,
+                    config.model.num_classes,
+                    align=config.loss.prior_align,
                 )
             reliability = DEFAULT_PRIOR_RELIABILITY if reliability is None else reliability
             prior = np.ascontiguousarray(np.moveaxis(built.probabilities, axis + 1, 1))
