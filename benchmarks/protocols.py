@@ -251,20 +251,8 @@ def interactive(
                             continue  # the same run as its equal-time one
                         key = planned_key("interactive", name, method, k=k, seed=seed,
                                           budget=budget)  # fmt: skip
-                        if key in skip and (
-                            method != "supervised"
-                            or budget != "time"
-                            or planned_key(
-                                "interactive",
-                                name,
-                                "supervised+late-prior-blend",
-                                k=k,
-                                seed=seed,
-                                budget=budget,
-                            )
-                            in skip
-                        ):
-                            continue  # fmt: skip
+                        if key in skip:
+                            continue  # a supervised+late-prior-blend row comes only with its run
                         paced = "supervised" if budget == "iterations" else method
                         iterations = rates.iterations(paced, seconds)
                         volume = TrainingVolume(case.image, annotation, case.spacing, case.name)

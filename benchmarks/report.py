@@ -30,6 +30,7 @@ BASELINES = (
     "mean-teacher",
     "interpolation",
     "interpolation-extrapolated",
+    "interpolation-extrapolated-unaligned",
     "supervised+late-prior-blend",
 )
 

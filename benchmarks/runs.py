@@ -26,7 +26,16 @@ from training_backend.metrics import dice_per_class, hausdorff95_per_class
 from training_backend.prior import interpolate_labels
 from training_backend.trainer import TrainingJob, TrainingVolume, train
 
-INTERPOLATION_METHODS = ("interpolation", "interpolation-extrapolated")
+INTERPOLATION_METHODS = (
+    "interpolation",
+    "interpolation-extrapolated",
+    "interpolation-unaligned",
+    "interpolation-extrapolated-unaligned",
+)
+"""Shape-based interpolation between the painted slices: within their range only or also
+beyond it (``extrapolated``), with the outlines aligned (the default of
+:func:`~training_backend.prior.interpolate_labels`) or blended where they lie (``unaligned``,
+the plain signed-distance blend)."""
 DEVICE = "cpu"
 """Where learned methods train and predict; ``--device`` of the runner sets it."""
 
@@ -114,15 +123,17 @@ def predict_case(
 def interpolate_case(
     method: str, painted_labels: np.ndarray, annotation: SparseAnnotation, case: Case
 ) -> Predicted:
-    """Shape-based interpolation between the painted slices, with or without extrapolation."""
+    """Shape-based interpolation between the painted slices (see
+    :data:`INTERPOLATION_METHODS`)."""
     start = time.perf_counter()
     labels = interpolate_labels(
         painted_labels,
         annotation.annotated,
         AXIAL,
         NUM_CLASSES,
-        extrapolate=method == "interpolation-extrapolated",
+        extrapolate="extrapolated" in method,
         spacing=case.spacing,
+        align=not method.endswith("-unaligned"),
     )
     return Predicted(labels, None, time.perf_counter() - start)
 

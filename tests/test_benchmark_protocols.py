@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import profile_step, protocols, real_data, report  # noqa: E402
+from benchmarks import profile_step, protocols, real_data, report, runs  # noqa: E402
 from benchmarks.cases import AXIAL, data_available, load_case, painted  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 
@@ -61,6 +61,8 @@ def test_interactive_rows_cover_every_method_and_budget(tmp_path):
     assert seen == {
         ("interpolation", "none"),
         ("interpolation-extrapolated", "none"),
+        ("interpolation-unaligned", "none"),
+        ("interpolation-extrapolated-unaligned", "none"),
         ("crii", "time"),
         ("supervised", "time"),
         ("supervised+late-prior-blend", "time"),
@@ -85,7 +87,7 @@ def test_interactive_skips_rows_already_written(tmp_path):
     done = {real_data.row_key(r) for r in first}
     again = list(protocols.interactive(TINY, RATES, tmp_path, skip=done))
     # only the cheap interpolation rows are recomputed; nothing is trained again
-    assert {r["method"] for r in again} <= {"interpolation", "interpolation-extrapolated"}
+    assert {r["method"] for r in again} <= set(runs.INTERPOLATION_METHODS)
 
 
 def test_ablation_names_each_variant_once(tmp_path):
@@ -133,7 +135,7 @@ def test_runner_writes_rows_and_report_reads_them(tmp_path, monkeypatch):
     assert real_data.main(["--setting", "tiny", "--protocol", "interactive",
                            "--out", str(tmp_path)]) == 0  # fmt: skip
     lines = (folder / "interactive.jsonl").read_text().splitlines()
-    assert len(lines) == 8
+    assert len(lines) == 10  # 4 interpolation rows, 6 learned (with the blend)
     assert real_data.main(["--setting", "tiny", "--protocol", "interactive",
                            "--out", str(tmp_path)]) == 0  # fmt: skip
     assert (folder / "interactive.jsonl").read_text().splitlines() == lines  # resumed: no dups
