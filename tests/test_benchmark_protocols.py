@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import profile_step, protocols, real_data, report, runs  # noqa: E402
+from benchmarks import prior_alignment, profile_step, protocols, real_data, report, runs  # noqa: E402
 from benchmarks.cases import AXIAL, data_available, load_case, painted  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 
@@ -194,3 +194,13 @@ def test_step_profile_times_every_phase_of_a_step():
     assert row["iterations_per_second_free"] > 0
     assert "aten::" in row["profiler_table"]
     assert row["kernel_launches_per_iteration"] == 0  # no GPU here
+
+
+def test_prior_alignment_table_covers_every_combination():
+    results = prior_alignment.scores(["hippocampus_004"])
+    assert set(results) == {(k, e, a) for k in (2, 3, 5) for e in (False, True)
+                            for a in (False, True)}  # fmt: skip
+    assert all(dice.shape == (1, 2) and ((dice >= 0) & (dice <= 1)).all()
+               for dice in results.values())  # fmt: skip
+    text = prior_alignment.table(results)
+    assert text.count("\n") == 13 and "| 2 | yes | yes | 1 |" in text
