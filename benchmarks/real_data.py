@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-cases", type=int, help="only the first N volumes (a partial run "
                         "that a later run of the same setting completes)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (partial run)")
+    parser.add_argument("--methods", nargs="*", choices=LEARNED, metavar="METHOD",
+                        help="train only these methods in the interactive protocol (partial "
+                        "run); with none, only the interpolation rows are made")  # fmt: skip
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="where learned methods run"
     )
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.seeds:
         setting = dataclasses.replace(setting, seeds=tuple(args.seeds))
+    if args.methods is not None:
+        setting = dataclasses.replace(setting, interactive_methods=tuple(args.methods))
     protocols = args.protocol or list(PROTOCOLS)
     if args.shard != (0, 1):
         if "dataset" in protocols:

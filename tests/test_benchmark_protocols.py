@@ -204,3 +204,19 @@ def test_prior_alignment_table_covers_every_combination():
                for dice in results.values())  # fmt: skip
     text = prior_alignment.table(results)
     assert text.count("\n") == 13 and "| 2 | yes | yes | 1 |" in text
+
+
+def test_methods_option_limits_what_is_trained(tmp_path, monkeypatch):
+    monkeypatch.setitem(SETTINGS, "tiny", TINY)
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "rates.json").write_text(json.dumps({**RATES.to_dict(), "machine": "test"}))
+    arguments = ["--setting", "tiny", "--protocol", "interactive", "--out", str(tmp_path)]
+    assert real_data.main([*arguments, "--methods"]) == 0
+    rows = real_data.complete_rows(folder / "interactive.jsonl")
+    assert {r["method"] for r in rows} == set(runs.INTERPOLATION_METHODS)
+    assert real_data.main([*arguments, "--methods", "supervised"]) == 0
+    rows = real_data.complete_rows(folder / "interactive.jsonl")
+    assert {r["method"] for r in rows} - set(runs.INTERPOLATION_METHODS) == {
+        "supervised", "supervised+late-prior-blend"
+    }  # fmt: skip
