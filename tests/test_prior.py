@@ -131,6 +131,17 @@ def test_aligned_classes_that_overlap_give_each_voxel_to_one_of_them() -> None:
     assert (both[6] == 1).any() and (both[6] == 2).any()
 
 
+def test_a_piece_that_stays_put_is_not_moved_when_another_ends() -> None:
+    # two discs on slice 0, only the left one on slice 10: the centroid jumps although the
+    # left disc did not move, so it is not aligned and keeps its place and size throughout
+    left, right = disc(64, 6, (32, 16)), disc(64, 6, (32, 46))
+    volume, annotated = stack({0: left | right, 10: left}, 11)
+    result = interpolate_labels(volume, annotated, axis=0, num_classes=2)
+    for z in range(11):
+        np.testing.assert_array_equal(result[z][:, :31], left[:, :31])
+    assert not result[6][:, 31:].any()  # the right disc, painted on slice 0 only, has faded
+
+
 def test_a_drifting_disc_is_carried_along_when_aligned() -> None:
     # the same disc moves 20 pixels across the plane between slices 0 and 10: its two outlines
     # do not overlap, so the plain blend loses it in the middle; aligned, every slice between
