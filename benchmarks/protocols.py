@@ -48,6 +48,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no-consistency": {"loss.lambda_cr_max": 0.0},
     "no-shape-prior": {"loss.use_prior": False},  # no prior in the target nor the late blend
     "no-late-prior-blend": {"predict.prior_blend": 0.0},
+    "unaligned-prior": {"loss.prior_align": False},  # the plain blend between annotated slices
     "self-teacher": {"loss.teacher": "self"},
 }
 """``crii`` with one part taken out (or swapped), at the iterations of ``crii``."""
@@ -251,8 +252,11 @@ def interactive(
                             continue  # the same run as its equal-time one
                         key = planned_key("interactive", name, method, k=k, seed=seed,
                                           budget=budget)  # fmt: skip
-                        if key in skip:
-                            continue  # a supervised+late-prior-blend row comes only with its run
+                        blend = planned_key("interactive", name, "supervised+late-prior-blend",
+                                            k=k, seed=seed, budget=budget)  # fmt: skip
+                        if key in skip and (method != "supervised" or budget != "time"
+                                            or blend in skip):  # fmt: skip
+                            continue  # a missing blend row needs its supervised run again
                         paced = "supervised" if budget == "iterations" else method
                         iterations = rates.iterations(paced, seconds)
                         volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
@@ -272,7 +276,7 @@ def _supervised_with_prior(case, annotation, predicted, trained, seed, common):
     start = time.perf_counter()
     probabilities = blend_with_prior(
         predicted.extra["probabilities"], annotation,
-        trained.config.predict.prior_blend, case.spacing,
+        trained.config.predict.prior_blend, case.spacing, trained.config.loss.prior_align,
     )  # fmt: skip
     labels = keep_annotated_components(probabilities.argmax(0).astype(np.uint8), annotation)
     predicted_seconds = predicted.seconds + time.perf_counter() - start

@@ -216,7 +216,7 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
     interactive = read_rows(folder, "interactive")
     if interactive:
         earlier = sorted({r["method"] for r in interactive} - {"crii", *BASELINES})
-        methods = ["crii", *BASELINES, *earlier]  # earlier: rows superseded by a rerun
+        methods = ["crii", *BASELINES, *earlier]  # earlier: superseded rows and variants
         machine = interactive[0].get("machine", "")
         out += ["### Interactive protocol (test volumes, k annotated axial slices)", ""]
         for k in sorted({r["k"] for r in interactive}):

@@ -33,13 +33,13 @@ from training_backend.simulate import spread_slices
 from training_backend.trainer import TrainingVolume
 
 
-def finishing_variants(predicted, annotation, case) -> dict[str, float]:
+def finishing_variants(predicted, annotation, case, align: bool) -> dict[str, float]:
     """Mean Dice of other ways to finish the same network output (no retraining): the late
     blend at other weights, weighted by the prior's confidence, only inside the annotated
     range, on the foreground alone (classes split as the network does), and none."""
     probabilities = predicted.extra["probabilities"]
     prior = shape_prior(annotation.labels, annotation.annotated, AXIAL, NUM_CLASSES,
-                        extrapolate=True, spacing=case.spacing)  # fmt: skip
+                        extrapolate=True, spacing=case.spacing, align=align)  # fmt: skip
     weights = {
         "none": 0.0,
         "blend-0.3": 0.3,
@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             trained = train_round(config, [volume], Path(scratch))
             predicted = predict_case(trained, case, annotation)
             teacher = teacher_dice(trained, case, annotation)
-        interpolated = interpolate_case("interpolation-extrapolated", labels, annotation, case)
+        align = config.loss.prior_align
+        interpolated = interpolate_case(
+            "interpolation-extrapolated" + ("" if align else "-unaligned"), labels, annotation, case
+        )
         row = {
             "variant": args.variant,
             "method": args.method,
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             **score(predicted.labels, case),
             "network_dice": round(mean_dice(predicted.extra["network"], case.truth, 3), 4),
             "interpolation_dice": score(interpolated.labels, case)["mean_dice"],
-            "finishing_variants": finishing_variants(predicted, annotation, case),
+            "finishing_variants": finishing_variants(predicted, annotation, case, align),
             "teacher_dice": teacher,
             "machine": machine(),
         }

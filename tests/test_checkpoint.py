@@ -63,13 +63,25 @@ def test_other_format_version_is_refused(tmp_path):
 def test_a_version_1_file_without_the_predict_section_loads_with_its_defaults(tmp_path):
     small_checkpoint(tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert payload["format_version"] == 2
+    assert payload["format_version"] == 3
     payload["format_version"] = 1
     del payload["config"]["predict"]
     torch.save(payload, tmp_path / "old.pt")
     data = load_checkpoint(tmp_path / "old.pt")
     assert data.config.predict.prior_blend == CriiConfig().predict.prior_blend
     assert data.iteration == 7
+
+
+def test_a_file_from_before_the_aligned_prior_keeps_the_unaligned_one(tmp_path):
+    small_checkpoint(tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt").config.loss.prior_align is True
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["format_version"] = 2
+    del payload["config"]["loss"]["prior_align"]
+    torch.save(payload, tmp_path / "old.pt")
+    data = load_checkpoint(tmp_path / "old.pt")
+    assert data.config.loss.prior_align is False  # what it was trained with
+    assert data.config.loss.prior_extrapolate == CriiConfig().loss.prior_extrapolate
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ def test_defaults_are_valid_and_round_trip():
         ("predict", "prior_blend", True, "predict.prior_blend must be a finite number"),
         ("loss", "use_prior", 1, "loss.use_prior must be true or false"),
         ("loss", "use_prior", "yes", "loss.use_prior must be true or false"),
+        ("loss", "prior_align", "no", "loss.prior_align must be true or false"),
         ("train", "mixed_precision", 0, "train.mixed_precision must be true or false"),
         ("train", "mixed_precision", None, "train.mixed_precision must be true or false"),
         ("predict", "keep_annotated_components", "false", "predict.keep_annotated_components"),

@@ -90,6 +90,25 @@ def test_crii_with_the_prior_blends_then_cleans_components(prediction, annotatio
     assert_same(prediction, before)  # the original is left as it was
 
 
+@pytest.mark.parametrize("align", [True, False])
+def test_the_blend_follows_the_models_prior_align(align):
+    # class 1 painted on slices 0 and 6, drifting 6 pixels: the two priors differ between
+    labels = np.zeros((7, 16, 16), np.uint8)
+    labels[0, 5:10, 2:7] = 1
+    labels[6, 5:10, 8:13] = 1
+    drifting = SparseAnnotation.from_labels(labels, labels.shape, 0, num_classes=2)
+    probabilities = np.full((2, *labels.shape), 0.5, np.float32)
+    network = VolumePrediction(labels.copy(), labels.copy(), probabilities, probabilities[0])
+    config = make_config("crii", prior_blend=1.0)
+    config.model.num_classes = 2
+    config.loss.prior_align = align
+    out = finish_prediction(network, config, 0, drifting)
+    expected = blend_with_prior(probabilities.copy(), drifting, 1.0, None, align)
+    other = blend_with_prior(probabilities.copy(), drifting, 1.0, None, not align)
+    np.testing.assert_allclose(out.probabilities, expected, atol=1e-6)
+    assert not np.allclose(out.probabilities, other, atol=1e-3)
+
+
 def test_the_blend_uses_the_spacing(prediction, annotation):
     config = make_config("crii", prior_blend=1.0)
     spacing = (3.0, 0.5, 0.5)

@@ -125,6 +125,11 @@ def test_aligned_classes_that_overlap_give_each_voxel_to_one_of_them() -> None:
     alone = [interpolate_labels(np.where(volume == k, 1, 0), annotated, 0, 2, True) for k in (1, 2)]
     claimed = (alone[0] == 1) | (alone[1] == 1)
     np.testing.assert_array_equal(both > 0, claimed)
+    overlap = (alone[0] == 1) & (alone[1] == 1)
+    assert overlap.any()  # alignment did make the two classes claim the same voxels
+    prior = shape_prior(volume, annotated, 0, 3, extrapolate=True)
+    deeper = np.where(prior.probabilities[1] >= prior.probabilities[2], 1, 2)
+    np.testing.assert_array_equal(both[overlap], deeper[overlap])
     only_1 = (alone[0] == 1) & (alone[1] == 0)
     only_2 = (alone[1] == 1) & (alone[0] == 0)
     assert (both[only_1] == 1).all() and (both[only_2] == 2).all()

@@ -238,6 +238,30 @@ def test_prior_extrapolate_decides_the_target_weight_beyond_the_outer_slices(
     assert (prepared.prior_weight[beyond].max() > 0) == extrapolate
 
 
+@pytest.mark.parametrize("align", [True, False])
+def test_prior_align_reaches_the_training_target(tiny_phantom, tmp_path, align):
+    from training_backend.prior import shape_prior
+    from training_backend.trainer import prepare_volumes
+
+    job = tiny_job(tiny_phantom, tmp_path, iterations=1)
+    job.config.loss.prior_align = align
+    (prepared,) = prepare_volumes(job, 0)
+    annotation = job.volumes[0].annotation
+    built = [
+        shape_prior(
+            annotation.labels,
+            annotation.annotated,
+            0,
+            3,
+            spacing=job.volumes[0].spacing,
+            align=flag,
+        ).probabilities
+        for flag in (align, not align)
+    ]
+    np.testing.assert_array_equal(prepared.prior, built[0])  # (K, Z, A, B) along axis 0
+    assert not np.array_equal(built[0], built[1])  # the phantom's outlines do drift
+
+
 def test_the_grouped_ema_update_gives_the_same_teacher_as_tensor_by_tensor():
     config = tiny_config()
     student = build_model(config.model, torch.device("cpu"))

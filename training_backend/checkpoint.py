@@ -19,12 +19,17 @@ from training_backend.config import CriiConfig
 from training_backend.errors import CheckpointError, ConfigError
 
 FORMAT_NAME = "napari-crii"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """2 may hold ``loss.teacher=same-pass`` and ``loss.prior_extrapolate``, and always holds the
-``predict`` section (late version-1 files hold it too). A version-1 reader refuses all of
-these with a vaguer message than the version check gives."""
-READABLE_VERSIONS = (1, 2)
-"""Version 1 files load with the defaults of what they lack."""
+``predict`` section (late version-1 files hold it too). 3 always holds ``loss.prior_align``.
+An older reader refuses what it does not know with a vaguer message than the version check
+gives."""
+READABLE_VERSIONS = (1, 2, 3)
+"""Older files load with the defaults of what they lack, except ``loss.prior_align``: they were
+trained with the unaligned prior, so they keep it (:data:`SETTINGS_OF_OLDER_FILES`)."""
+SETTINGS_OF_OLDER_FILES = {"loss": {"prior_align": False}}
+"""What a file that lacks these settings was made with, where that differs from today's
+default."""
 
 
 @dataclass
@@ -88,7 +93,7 @@ def load_checkpoint(
             "that wrote it."
         )
     try:
-        config = CriiConfig.from_dict(payload["config"])
+        config = CriiConfig.from_dict(_with_settings_of_older_files(payload["config"]))
     except (ConfigError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: the stored configuration is invalid: {exc}") from exc
     stored_classes = payload.get("num_classes")
@@ -110,3 +115,14 @@ def load_checkpoint(
 
 def _to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu() for key, value in state.items()}
+
+
+def _with_settings_of_older_files(stored: Any) -> Any:
+    """``stored`` (a config dict) with :data:`SETTINGS_OF_OLDER_FILES` where it lacks them."""
+    if not isinstance(stored, dict):
+        return stored  # from_dict reports what is wrong with it
+    completed = dict(stored)
+    for section, values in SETTINGS_OF_OLDER_FILES.items():
+        if isinstance(completed.get(section), dict):
+            completed[section] = {**values, **completed[section]}
+    return completed
