@@ -93,7 +93,8 @@ def method_table(rows: list[Row], methods: list[str], **match: Any) -> list[str]
 
 
 def difference_table(rows: list[Row], reference: str, others: list[str], **match: Any):
-    """Markdown rows: ``reference`` minus each of ``others``, paired per volume."""
+    """Markdown rows: ``reference`` minus each of ``others``, paired per volume; one sentence
+    instead of a table where no baseline has two volumes in common with ``reference``."""
     lines = [
         f"| {reference} minus | mean Dice difference [95% CI], Wilcoxon p, wins/losses "
         "| CI excludes 0 |",
@@ -110,6 +111,9 @@ def difference_table(rows: list[Row], reference: str, others: list[str], **match
         if len(cases) < MIN_VOLUMES_FOR_VERDICT:
             verdict = f"n < {MIN_VOLUMES_FOR_VERDICT}: no verdict"
         lines.append(f"| {other} | {format_difference(d)} | {verdict} |")
+    if len(lines) == 2:
+        return [f"No paired difference: fewer than 2 volumes have `{reference}` rows and a "
+                "baseline's here (rows made with an earlier version keep another name)."]  # fmt: skip
     return lines
 
 

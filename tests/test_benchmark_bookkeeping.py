@@ -137,3 +137,17 @@ def test_gpu_tables_show_the_gpu_memory_and_the_speed_up():
     assert (
         "test GPU" in text and "| cuda | yes | 8 | 300 | 25.5 | 2.7 | 0.1 | 121.0 | 0.88 |" in text
     )
+
+
+def test_difference_table_pairs_volumes_and_says_when_it_cannot():
+    def row(method, case, dice):
+        return {"method": method, "case": case, "mean_dice": dice, "seed": 0}
+
+    rows = [row("crii", f"c{i}", 0.7 + 0.01 * i) for i in range(12)]
+    rows += [row("supervised", f"c{i}", 0.6 + 0.01 * i) for i in range(12)]
+    rows += [row("crii-unaligned-prior", f"c{i}", 0.5) for i in range(12)]
+    table = report.difference_table(rows, "crii", ["supervised", "mean-teacher"])
+    assert len(table) == 3 and table[2].startswith("| supervised | +0.100")
+    assert table[2].endswith("| yes |")  # 12 of 12 volumes better by 0.1
+    alone = report.difference_table(rows, "crii", ["mean-teacher"])
+    assert len(alone) == 1 and "No paired difference" in alone[0]
