@@ -225,9 +225,12 @@ def run(
 def _scope(setting: Setting) -> str:
     index, total = setting.shard
     share = f"shard {index}/{total} of " if total > 1 else ""
+    default = SETTINGS[setting.name].interactive_methods if setting.name in SETTINGS else None
+    methods = setting.interactive_methods
+    only = f", learned methods {list(methods)} only" if methods != default else ""
     return (
         f"{share}{setting.test_cases} test volumes, seeds {list(setting.seeds)}, "
-        f"k {list(setting.slice_counts)}, {setting.budget_seconds:g} s per round"
+        f"k {list(setting.slice_counts)}, {setting.budget_seconds:g} s per round{only}"
     )
 
 

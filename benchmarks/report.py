@@ -112,8 +112,10 @@ def difference_table(rows: list[Row], reference: str, others: list[str], **match
             verdict = f"n < {MIN_VOLUMES_FOR_VERDICT}: no verdict"
         lines.append(f"| {other} | {format_difference(d)} | {verdict} |")
     if len(lines) == 2:
-        return [f"No paired difference: fewer than 2 volumes have `{reference}` rows and a "
-                "baseline's here (rows made with an earlier version keep another name)."]  # fmt: skip
+        return [
+            f"No paired difference: fewer than 2 volumes have `{reference}` rows and a "
+            "baseline's here (rows made with an earlier version keep another name)."
+        ]
     return lines
 
 

@@ -220,3 +220,5 @@ def test_methods_option_limits_what_is_trained(tmp_path, monkeypatch):
     assert {r["method"] for r in rows} - set(runs.INTERPOLATION_METHODS) == {
         "supervised", "supervised+late-prior-blend"
     }  # fmt: skip
+    runtime = (folder / "runtime.txt").read_text()
+    assert "learned methods [] only" in runtime and "learned methods ['supervised'] only" in runtime
