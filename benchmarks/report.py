@@ -119,6 +119,82 @@ def difference_table(rows: list[Row], reference: str, others: list[str], **match
     return lines
 
 
+def _per_seed(rows: list[Row], method: str, seeds: list[int]) -> dict[int, dict[str, float]]:
+    """Seed -> case -> mean Dice of ``method``; interpolation, which has no seed, counts for
+    every seed."""
+    chosen = _select(rows, method=method)
+    if _budget(method) == "none":
+        values = per_volume(chosen, lambda r: r["mean_dice"])
+        return {seed: values for seed in seeds}
+    return {
+        seed: per_volume(_select(chosen, seed=seed), lambda r: r["mean_dice"]) for seed in seeds
+    }
+
+
+def seed_coverage(rows: list[Row], method: str) -> str:
+    """How many volumes ``method`` has with how many seeds, e.g. ``17 volumes with seeds
+    [0, 1, 2], 35 with seed [0]``."""
+    seeds_of: dict[str, set[int]] = defaultdict(set)
+    for row in _select(rows, method=method):
+        seeds_of[row["case"]].add(row["seed"])
+    groups: dict[tuple[int, ...], int] = defaultdict(int)
+    for seeds in seeds_of.values():
+        groups[tuple(sorted(seeds))] += 1
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), item[0]))
+    return ", ".join(f"{n} volumes with seeds {list(seeds)}" for seeds, n in ordered)
+
+
+def seed_tables(rows: list[Row], reference: str, others: list[str]) -> list[str]:
+    """Where ``reference`` was run with several seeds: on the volumes where it and every
+    listed method have all of them, each method's mean Dice per seed with the mean and standard
+    deviation over seeds, and ``reference`` minus each method per seed (paired per volume)."""
+    seeds = sorted({r["seed"] for r in _select(rows, method=reference)})
+    if len(seeds) < 2:
+        return []
+    per_method = {m: _per_seed(rows, m, seeds) for m in [reference, *others]}
+    complete = {
+        m: set.intersection(*(set(by_seed[s]) for s in seeds)) for m, by_seed in per_method.items()
+    }
+    methods = [m for m in [reference, *others] if len(complete[m]) >= 2]
+    cases = sorted(set.intersection(*(complete[m] for m in methods)))
+    if len(cases) < 2 or len(methods) < 2:
+        return []
+    heads = " | ".join(f"seed {s}" for s in seeds)
+    lines = [
+        f"Seeds {seeds} on the {len(cases)} volumes that have all of them for every method "
+        "below: mean Dice per seed, then the mean ± standard deviation of those seed means.",
+        "",
+        f"| method | {heads} | over seeds |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for method in methods:
+        means = [float(np.mean([per_method[method][s][c] for c in cases])) for s in seeds]
+        cells = " | ".join(f"{m:.3f}" for m in means)
+        lines.append(f"| {method} | {cells} | {_fmt(*mean_sd(means))} |")
+    lines += [
+        "",
+        f"| {reference} minus | {heads} | CI excludes 0 in every seed |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    ours = per_method[reference]
+    for other in methods[1:]:
+        theirs = per_method[other]
+        differences = [
+            paired_difference([ours[s][c] for c in cases], [theirs[s][c] for c in cases])
+            for s in seeds
+        ]
+        every = all(excludes_zero(d) and d.mean > 0 for d in differences) or all(
+            excludes_zero(d) and d.mean < 0 for d in differences
+        )
+        if len(cases) < MIN_VOLUMES_FOR_VERDICT:
+            verdict = f"n < {MIN_VOLUMES_FOR_VERDICT}: no verdict"
+        else:
+            verdict = "yes" if every else "no"
+        cells = " | ".join(format_difference(d) for d in differences)
+        lines.append(f"| {other} | {cells} | {verdict} |")
+    return [*lines, ""]
+
+
 def _new_axes():
     """A figure and its axes, drawn off-screen."""
     import matplotlib
@@ -229,8 +305,16 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
             rows_k = [r for r in interactive if r["k"] == k]
             timed = [r for r in rows_k if r.get("budget") in ("time", "none")]
             out += [f"**k = {k}**, equal wall-clock budget ({machine})", ""]
+            if len({r["seed"] for r in _select(timed, method="crii")}) > 1:
+                out += [
+                    "Per volume, the mean over the seeds it has (crii: "
+                    + seed_coverage(timed, "crii")
+                    + "); the seed tables follow.",
+                    "",
+                ]
             out += [*method_table(timed, methods), ""]
             out += [*difference_table(timed, "crii", list(BASELINES)), ""]
+            out += seed_tables(timed, "crii", list(BASELINES))
             equal = [r for r in rows_k if r.get("budget") == "iterations"]
             if equal:
                 supervised = [r for r in rows_k if r["method"] == "supervised"

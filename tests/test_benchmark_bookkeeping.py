@@ -151,3 +151,32 @@ def test_difference_table_pairs_volumes_and_says_when_it_cannot():
     assert table[2].endswith("| yes |")  # 12 of 12 volumes better by 0.1
     alone = report.difference_table(rows, "crii", ["mean-teacher"])
     assert len(alone) == 1 and "No paired difference" in alone[0]
+
+
+def test_seed_tables_compare_per_seed_on_the_volumes_with_every_seed():
+    def row(method, case, seed, dice):
+        return {"method": method, "case": case, "mean_dice": dice, "seed": seed,
+                "budget": "none" if method.startswith("interpolation") else "time"}  # fmt: skip
+
+    rows = []
+    for i in range(12):
+        for seed in (0, 1, 2):
+            rows.append(row("crii", f"c{i}", seed, 0.70 + 0.01 * i + 0.01 * seed))
+            rows.append(row("supervised", f"c{i}", seed, 0.60 + 0.01 * i))
+        rows.append(row("interpolation", f"c{i}", 0, 0.72 + 0.01 * i))
+    rows += [row("crii", f"extra{i}", 0, 0.9) for i in range(5)]  # seed 0 only: left out
+    rows += [row("supervised", f"extra{i}", 0, 0.1) for i in range(5)]
+    table = report.seed_tables(rows, "crii", ["supervised", "mean-teacher", "interpolation"])
+    text = "\n".join(table)
+    assert "Seeds [0, 1, 2] on the 12 volumes" in text
+    crii_line = next(line for line in table if line.startswith("| crii |"))
+    assert crii_line.startswith("| crii | 0.755 | 0.765 | 0.775 | 0.765 ± 0.010 |")
+    supervised = next(line for line in table if line.startswith("| supervised | +"))
+    assert supervised.startswith("| supervised | +0.100") and supervised.endswith("| yes |")
+    interpolation = [line for line in table if line.startswith("| interpolation | ")][-1]
+    assert "-0.020" in interpolation and interpolation.endswith("| no |")  # seed 2 ties it
+    assert "mean-teacher" not in text  # no rows
+    assert report.seed_coverage(rows, "crii") == (
+        "12 volumes with seeds [0, 1, 2], 5 volumes with seeds [0]"
+    )
+    assert report.seed_tables([r for r in rows if r["seed"] == 0], "crii", ["supervised"]) == []
