@@ -9,13 +9,14 @@ import multiprocessing
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import protocols, real_data, report  # noqa: E402
+from benchmarks import error_anatomy, protocols, real_data, report  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 from benchmarks.real_data import rebased, supersede_stale_rows  # noqa: E402
 from benchmarks.tune import summary  # noqa: E402
@@ -180,3 +181,25 @@ def test_seed_tables_compare_per_seed_on_the_volumes_with_every_seed():
         "12 volumes with seeds [0, 1, 2], 5 volumes with seeds [0]"
     )
     assert report.seed_tables([r for r in rows if r["seed"] == 0], "crii", ["supervised"]) == []
+
+
+def test_error_anatomy_tells_class_confusion_from_spill():
+    truth = np.zeros((12, 12, 30), np.uint8)
+    truth[3:9, 3:9, 2:14] = 1
+    truth[3:9, 3:9, 14:28] = 2
+    confused = truth.copy()
+    confused[3:9, 3:9, 14:24] = 1  # class 1 reaches 10 mm into class 2
+    spilled = truth.copy()
+    spilled[0:2, 0:2, 20:22] = 1  # a blob of class 1 far outside the structure
+    spacing = (1.0, 1.0, 1.0)
+    inside = error_anatomy.far_errors(confused, truth, 1, spacing, margin_mm=5.0)
+    assert inside.false_positive == 6 * 6 * 10
+    assert inside.far == inside.far_in_other_class == 6 * 6 * 5  # slices 19..23 are > 5 mm
+    assert inside.far_in_background == 0
+    outside = error_anatomy.far_errors(spilled, truth, 1, spacing, margin_mm=5.0)
+    assert outside.far == outside.far_in_background == 8 and outside.far_in_other_class == 0
+    result = error_anatomy.anatomy(confused, truth, spacing, margin_mm=5.0)
+    assert result["hd95_foreground"] == 0.0  # the foreground is exact: only the classes swap
+    assert result["hd95"][0] > 5.0
+    table = error_anatomy.table([{"case": "a", "method": "crii", **result}], 5.0)
+    assert "| crii | 1 | 360 | 180 | 180 | 0 |" in table
