@@ -1,11 +1,15 @@
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training_backend.volumes import (
     Batch,
     BatchSampler,
     SliceVolume,
+    affine_theta,
     augment,
     context_stack,
     intensity_jitter,
@@ -219,3 +223,35 @@ def test_augment_with_an_affine_is_the_default_warp(kind):
     assert_batches_equal(out, random_affine(expected, generator))
     assert not torch.equal(out.image, batch.image)
     assert set(out.target.unique().tolist()) <= {0, 2, 5}
+
+
+def test_pixel_affine_kinds_warp_in_pixel_units_and_differ_only_off_the_square():
+    batch = hand_batch()
+    narrow = Batch(*(getattr(batch, name)[..., :10] for name in FIELDS[:4]), batch.num_labeled,
+                   batch.prior[..., :10], batch.prior_weight[..., :10])  # fmt: skip
+    for kind in ("pixel-affine", "pixel-affine+flips"):
+        out = augment(narrow, kind, torch.Generator().manual_seed(5), torch.device("cpu"))
+        generator = torch.Generator().manual_seed(5)
+        expected = random_flips(narrow, generator) if "flips" in kind else narrow
+        assert_batches_equal(out, random_affine(expected, generator, pixel_units=True))
+    cpu = torch.device("cpu")
+    plain = augment(narrow, "affine", torch.Generator().manual_seed(5), cpu)
+    pixels = augment(narrow, "pixel-affine", torch.Generator().manual_seed(5), cpu)
+    assert not torch.equal(plain.image, pixels.image)
+    square = [augment(batch, kind, torch.Generator().manual_seed(5), cpu)
+              for kind in ("affine", "pixel-affine")]  # fmt: skip
+    assert_batches_equal(*square)  # a square plane has no shear to remove
+
+
+@pytest.mark.parametrize("height, width", [(25, 49), (49, 25), (33, 33)])
+def test_an_affine_rotates_pixels_without_shear_on_any_plane(height, width):
+    image = torch.zeros(1, 1, height, width)
+    centre_y, centre_x = height // 2, width // 2
+    image[0, 0, centre_y, centre_x + 8] = 1.0  # 8 pixels right of the centre
+    image[0, 0, centre_y - 6, centre_x] = 1.0  # 6 pixels above it
+    theta = affine_theta(torch.tensor([math.pi / 2]), torch.tensor([1.0]),
+                         torch.zeros(1, 2), height / width)  # fmt: skip
+    grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)
+    out = F.grid_sample(image, grid, mode="nearest", align_corners=False)[0, 0]
+    bright = {(int(y) - centre_y, int(x) - centre_x) for y, x in torch.nonzero(out > 0.5)}
+    assert bright == {(8, 0), (0, 6)} or bright == {(-8, 0), (0, -6)}  # a quarter turn

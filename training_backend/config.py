@@ -13,7 +13,7 @@ METHODS = ("crii", "supervised", "mean-teacher")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TEACHERS = ("self", "ema", "same-pass")
 ORIENTATIONS = ("slice", "all")
-AUGMENTATIONS = ("none", "affine", "flips", "affine+flips")
+AUGMENTATIONS = ("none", "affine", "flips", "affine+flips", "pixel-affine", "pixel-affine+flips")
 
 
 @dataclass

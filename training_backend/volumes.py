@@ -295,16 +295,36 @@ def intensity_jitter(
     return out + view(noise_level) * noise
 
 
+def affine_theta(
+    angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, aspect: float
+) -> torch.Tensor:
+    """The (B, 2, 3) matrices of ``F.affine_grid`` for a rotation by ``angle`` (radians) and a
+    zoom, both in pixel units, and a ``shift`` (B, 2) in normalised coordinates (x, y).
+    ``affine_grid`` works in coordinates normalised per axis, so a plain rotation matrix there
+    would shear a plane whose ``aspect`` (height / width) is not 1; rescaling the off-diagonal
+    terms by the aspect makes it a rotation of the pixels."""
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    return torch.stack(
+        [
+            torch.stack([cos, -sin * aspect, shift[:, 0]], dim=1),
+            torch.stack([sin / aspect, cos, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )
+
+
 def random_affine(
     batch: Batch,
     generator: torch.Generator,
     degrees: float = 15.0,
     scale: float = 0.1,
     shift: float = 0.05,
+    pixel_units: bool = False,
 ) -> Batch:
     """Rotate (up to ``degrees``), scale (by up to ``1 ± scale``) and shift (up to ``shift`` of
-    the plane) each item at random, in the plane's normalised [-1, 1] coordinates (so on a
-    non-square plane the rotation carries a slight shear). One transform per item moves the
+    the plane) each item at random. The rotation is made in the plane's normalised [-1, 1]
+    coordinates, so on a non-square plane it carries a shear, or with ``pixel_units`` in
+    pixels, a true rotation (:func:`affine_theta`). One transform per item moves the
     image and the prior bilinearly, labels and masks by nearest neighbour. Pixels brought in
     from outside the plane are invalid and unlabeled. Unlike flips, small rotations keep which
     side is anterior, so class names that depend on position (anterior / posterior) stay
@@ -313,15 +333,12 @@ def random_affine(
     size = batch.image.shape[0]
     device = batch.image.device
     draw = (torch.rand(size, 4, generator=generator) * 2.0 - 1.0).to(device)
-    angle = draw[:, 0] * math.radians(degrees)
-    zoom = 1.0 + draw[:, 1] * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin, draw[:, 2] * 2.0 * shift], dim=1),
-            torch.stack([sin, cos, draw[:, 3] * 2.0 * shift], dim=1),
-        ],
-        dim=1,
+    height, width = batch.image.shape[-2:]
+    theta = affine_theta(
+        draw[:, 0] * math.radians(degrees),
+        1.0 + draw[:, 1] * scale,
+        draw[:, 2:] * 2.0 * shift,
+        height / width if pixel_units else 1.0,
     )
     grid = F.affine_grid(theta, list(batch.image.shape), align_corners=False)
 
@@ -349,10 +366,11 @@ def random_affine(
 
 def augment(batch: Batch, kind: str, generator: torch.Generator, device: torch.device) -> Batch:
     """The training augmentation ``kind`` (``train.augment``), the batch moved to ``device``.
-    Flips happen on the CPU; the affine warp on ``device``."""
+    Flips happen on the CPU; the affine warp on ``device``, in pixel units for the
+    ``pixel-affine`` kinds."""
     if "flips" in kind:
         batch = random_flips(batch, generator)
     batch = batch.to(device)
     if "affine" in kind:
-        batch = random_affine(batch, generator)
+        batch = random_affine(batch, generator, pixel_units=kind.startswith("pixel-"))
     return batch
