@@ -173,9 +173,11 @@ def test_seed_tables_compare_per_seed_on_the_volumes_with_every_seed():
     crii_line = next(line for line in table if line.startswith("| crii |"))
     assert crii_line.startswith("| crii | 0.755 | 0.765 | 0.775 | 0.765 ± 0.010 |")
     supervised = next(line for line in table if line.startswith("| supervised | +"))
-    assert supervised.startswith("| supervised | +0.100") and supervised.endswith("| yes |")
+    assert supervised.startswith("| supervised | +0.100") and supervised.endswith("| yes; yes |")
+    assert supervised.count("+0.110 [+0.110, +0.110]") == 2  # seed 1 and the seed average
     interpolation = [line for line in table if line.startswith("| interpolation | ")][-1]
-    assert "-0.020" in interpolation and interpolation.endswith("| no |")  # seed 2 ties it
+    assert "-0.020" in interpolation and "-0.010 [-0.010, -0.010]" in interpolation
+    assert interpolation.endswith("| no; yes |")  # seed 2 ties it; the average is below 0
     assert "mean-teacher" not in text  # no rows
     assert report.seed_coverage(rows, "crii") == (
         "12 volumes with seeds [0, 1, 2], 5 volumes with seeds [0]"
