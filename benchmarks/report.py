@@ -133,7 +133,7 @@ def _per_seed(rows: list[Row], method: str, seeds: list[int]) -> dict[int, dict[
 
 def seed_coverage(rows: list[Row], method: str) -> str:
     """How many volumes ``method`` has with how many seeds, e.g. ``17 volumes with seeds
-    [0, 1, 2], 35 with seed [0]``."""
+    [0, 1, 2], 35 volumes with seeds [0]``."""
     seeds_of: dict[str, set[int]] = defaultdict(set)
     for row in _select(rows, method=method):
         seeds_of[row["case"]].add(row["seed"])
@@ -156,8 +156,10 @@ def seed_tables(rows: list[Row], reference: str, others: list[str]) -> list[str]
         m: set.intersection(*(set(by_seed[s]) for s in seeds)) for m, by_seed in per_method.items()
     }
     methods = [m for m in [reference, *others] if len(complete[m]) >= 2]
+    if len(methods) < 2 or methods[0] != reference:
+        return []
     cases = sorted(set.intersection(*(complete[m] for m in methods)))
-    if len(cases) < 2 or len(methods) < 2:
+    if len(cases) < 2:
         return []
     heads = " | ".join(f"seed {s}" for s in seeds)
     lines = [

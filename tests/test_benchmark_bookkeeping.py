@@ -183,6 +183,8 @@ def test_seed_tables_compare_per_seed_on_the_volumes_with_every_seed():
         "12 volumes with seeds [0, 1, 2], 5 volumes with seeds [0]"
     )
     assert report.seed_tables([r for r in rows if r["seed"] == 0], "crii", ["supervised"]) == []
+    lone = [r for r in rows if r["method"] != "crii" or r["case"] in ("c0", "extra0")]
+    assert report.seed_tables(lone, "crii", ["supervised", "interpolation"]) == []  # 1 volume
 
 
 def test_error_anatomy_tells_class_confusion_from_spill():
