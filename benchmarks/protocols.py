@@ -327,20 +327,20 @@ def annotate_next(
             if all(key in skip for key in keys):
                 continue  # rounds build on each other: a chain is redone whole or not at all
             first = spread_slices(case.truth, AXIAL, 2)
-            start = _next_round(case, first, iterations, seed, None, run_dir / "next-0")
+            start = next_round(case, first, iterations, seed, None, run_dir / "next-0")
             yield _next_row(case, "all", 0, first, start, seed)
             for strategy in ("suggested", "even", "random"):
                 rng = np.random.default_rng(seed)
                 slices, previous = list(first), start
                 for round_index in range(1, setting.next_rounds + 1):
-                    slices = slices + _pick(strategy, case, slices, previous, rng)
-                    previous = _next_round(case, slices, iterations, seed,
+                    slices = slices + pick_slices(strategy, case, slices, previous, rng)
+                    previous = next_round(case, slices, iterations, seed,
                                            previous["trained"].model_path,
                                            run_dir / f"next-{strategy}-{round_index}")  # fmt: skip
                     yield _next_row(case, strategy, round_index, slices, previous, seed)
 
 
-def _next_round(case, slices, iterations, seed, init_model, run_dir):
+def next_round(case, slices, iterations, seed, init_model, run_dir):
     _, annotation = painted(case, sorted(slices))
     volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
     trained = train_round(make_config("crii", iterations, seed), [volume], run_dir, init_model)
@@ -354,14 +354,17 @@ def _next_row(case, strategy, round_index, slices, result, seed):
                         annotated=len(slices), seed=seed)  # fmt: skip
 
 
-def _pick(strategy: str, case: Case, slices: list[int], previous: dict, rng) -> list[int]:
+def pick_slices(
+    strategy: str, case: Case, slices: list[int], previous: dict, rng, spread: float = 0.0
+) -> list[int]:
     """Two more slices. ``even`` and ``random`` stay inside the structure's extent (a person
-    sees where it is); ``suggested`` takes the model's ranking, which keeps to slices within
-    one slice of the predicted structure (fewer than two when it runs out)."""
+    sees where it is); ``suggested`` takes the model's ranking (with ``spread``, see
+    :func:`suggest_slices`), which keeps to slices within one slice of the predicted structure
+    (fewer than two when it runs out)."""
     annotated = np.zeros(case.truth.shape[AXIAL], bool)
     annotated[slices] = True
     if strategy == "suggested":
-        picks = suggest_slices(previous["predicted"].slice_scores, annotated, 2)
+        picks = suggest_slices(previous["predicted"].slice_scores, annotated, 2, spread=spread)
         return [index for index, _ in picks]
     occupied = np.flatnonzero(np.any(case.truth != 0, axis=(0, 1)))
     candidates = [z for z in range(occupied[0], occupied[-1] + 1) if not annotated[z]]

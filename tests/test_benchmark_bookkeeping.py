@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import error_anatomy, protocols, real_data, report  # noqa: E402
+from benchmarks import error_anatomy, next_rules, protocols, real_data, report  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 from benchmarks.real_data import rebased, supersede_stale_rows  # noqa: E402
 from benchmarks.tune import summary  # noqa: E402
@@ -207,3 +207,20 @@ def test_error_anatomy_tells_class_confusion_from_spill():
     assert result["hd95"][0] > 5.0
     table = error_anatomy.table([{"case": "a", "method": "crii", **result}], 5.0)
     assert "| crii | 1 | 360 | 180 | 180 | 0 |" in table
+
+
+def test_next_rules_summary_pairs_each_rule_with_even_per_case():
+    rows = [
+        {"case": case, "rule": rule, "round": index, "mean_dice": dice}
+        for case, rule, index, dice in [
+            ("a", "start", 0, 0.5), ("b", "start", 0, 0.4),
+            ("a", "even", 1, 0.70), ("b", "even", 1, 0.60),
+            ("a", "suggested-spread-1", 1, 0.75), ("b", "suggested-spread-1", 1, 0.55),
+        ]
+    ]  # fmt: skip
+    table = next_rules.summary(rows).splitlines()
+    assert table[0].startswith("2 train cases")
+    assert "| even | 0.650 |" in table
+    spread = next(line for line in table if line.startswith("| suggested-spread-1"))
+    assert "0.650 (+0.000" in spread and "1/1)" in spread  # one case ahead, one behind
+    assert next_rules.rule_name("suggested", 0.5) == "suggested-spread-0.5"

@@ -193,3 +193,37 @@ def test_suggestions_never_pick_a_slice_scored_zero():
     scores = np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0])
     picks = suggest_slices(scores, np.zeros(10, bool), count=5, min_gap=2)
     assert [index for index, _ in picks] == [2, 6]  # fewer than asked, no filler slices
+
+
+def _greedy_by_score(scores, annotated, count, gap):
+    """The ranking rule without spread, written out: best score first, gaps kept."""
+    taken, picks = list(np.flatnonzero(annotated)), []
+    for index in np.argsort(-scores, kind="stable"):
+        if len(picks) == count or scores[index] <= 0:
+            break
+        if not annotated[index] and all(abs(int(index) - t) >= gap for t in taken):
+            picks.append(int(index))
+            taken.append(int(index))
+    return picks
+
+
+def test_suggestions_without_spread_follow_the_scores_alone():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        total = int(rng.integers(5, 40))
+        scores = np.where(rng.random(total) < 0.2, 0.0, rng.random(total))
+        annotated = rng.random(total) < 0.15
+        count, gap = int(rng.integers(1, 6)), int(rng.integers(0, 4))
+        picks = suggest_slices(scores, annotated, count=count, min_gap=gap)
+        assert [i for i, _ in picks] == _greedy_by_score(scores, annotated, count, gap)
+
+
+def test_spread_prefers_a_hard_slice_far_from_the_annotations():
+    scores = np.zeros(30)
+    scores[[6, 24]] = [0.50, 0.45]  # 6 lies beside the annotated slice 4, 24 far from it
+    annotated = np.zeros(30, bool)
+    annotated[4] = True
+    assert suggest_slices(scores, annotated, count=1, min_gap=2)[0][0] == 6
+    spread = suggest_slices(scores, annotated, count=2, min_gap=2, spread=1.0)
+    assert [i for i, _ in spread] == [24, 6]
+    assert spread[0][1] == pytest.approx(0.45)  # the slice's own score, not the weighted one

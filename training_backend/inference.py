@@ -236,21 +236,35 @@ def suggest_slices(
     annotated: np.ndarray,
     count: int = 5,
     min_gap: int | None = None,
+    spread: float = 0.0,
 ) -> list[tuple[int, float]]:
     """Rank unannotated slices by score, keeping picks ``min_gap`` slices from each other and
     from annotated slices (default: about 5% of the slices, at least 2). Slices scoring 0 are
-    never picked, so fewer than ``count`` may come back."""
+    never picked, so fewer than ``count`` may come back.
+
+    With ``spread`` > 0 the picks are made one at a time, each by score times (distance in
+    slices to the nearest annotated or already picked slice) ** ``spread``, so that a hard
+    slice far from every annotation beats an equally hard one beside it. The returned score is
+    the slice's own score either way."""
     scores = np.asarray(scores, dtype=np.float64)
     annotated = np.asarray(annotated, dtype=bool)
     total = scores.shape[0]
     gap = max(2, round(0.05 * total)) if min_gap is None else max(0, min_gap)
     taken = list(np.flatnonzero(annotated))
+    positions = np.arange(total)
     picks: list[tuple[int, float]] = []
-    for index in np.argsort(-scores, kind="stable"):
-        if len(picks) >= count or scores[index] <= 0.0:
-            break  # a zero score is a slice ruled out (far from the structure), not a pick
-        if annotated[index] or any(abs(int(index) - t) < gap for t in taken):
-            continue
-        picks.append((int(index), float(scores[index])))
-        taken.append(int(index))
+    while len(picks) < count:
+        allowed = (scores > 0.0) & ~annotated  # a zero score is a slice ruled out, not a pick
+        if taken:
+            distance = np.min(np.abs(positions[:, None] - np.asarray(taken)[None, :]), axis=1)
+            allowed &= distance >= max(gap, 1)  # never the same slice twice
+        else:
+            distance = np.full(total, total, dtype=np.int64)
+        if not allowed.any():
+            break
+        weighted = scores * np.power(distance.astype(np.float64), spread) if spread else scores
+        order = np.argsort(-np.where(allowed, weighted, -np.inf), kind="stable")
+        index = int(order[0])
+        picks.append((index, float(scores[index])))
+        taken.append(index)
     return picks
