@@ -247,7 +247,7 @@ def dice_by_slices_plot(rows: list[Row], methods: list[str], path: Path, title: 
 def annotate_next_plot(rows: list[Row], path: Path, title: str) -> None:
     figure, axes = _new_axes()
     start = _select(rows, strategy="all", round=0)
-    for strategy in ("suggested", "even", "random"):
+    for strategy in next_strategies(rows):
         xs, ys = [], []
         for index in sorted({r["round"] for r in rows}):
             chosen = start if index == 0 else _select(rows, strategy=strategy, round=index)
@@ -260,6 +260,36 @@ def annotate_next_plot(rows: list[Row], path: Path, title: str) -> None:
     axes.set_xlabel("annotated slices per volume")
     axes.set_ylabel("mean Dice")
     _save(figure, axes, path, title)
+
+
+NEXT_ORDER = {"suggested": 0, "even": 1, "random": 2}
+"""Annotate-next strategies in table order; others (suggestion variants) follow by name."""
+
+
+def next_strategies(rows: list[Row]) -> list[str]:
+    """The annotate-next strategies present in ``rows``, in table order."""
+    named = {r["strategy"] for r in rows if r["round"] > 0}
+    return sorted(named, key=lambda name: (NEXT_ORDER.get(name, len(NEXT_ORDER)), name))
+
+
+def next_differences(rows: list[Row], strategy: str, other: str) -> list[str]:
+    """``strategy`` minus ``other`` per volume after each round, and against ``other`` one
+    round later (2 slices more): at or above it there, the suggestions saved 2 slices."""
+
+    def dice(name: str, index: int) -> dict[str, float]:
+        return per_volume(_select(rows, strategy=name, round=index), lambda r: r["mean_dice"])
+
+    last = max(r["round"] for r in rows)
+    lines = []
+    for index, later, note in [(i, i, "") for i in range(1, last + 1)] + [
+        (i, i + 1, f" at round {i + 1} (2 slices more)") for i in range(1, last)
+    ]:
+        a, b = dice(strategy, index), dice(other, later)
+        cases = sorted(set(a) & set(b))
+        if len(cases) >= 2:
+            d = paired_difference([a[c] for c in cases], [b[c] for c in cases])
+            lines.append(f"- round {index}, {strategy} minus {other}{note}: {format_difference(d)}")
+    return lines
 
 
 def _budget(method: str) -> str:
@@ -351,7 +381,8 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
         out += ["| strategy | " + " | ".join(f"round {i}" for i in range(4)) + " |",
                 "|---|---|---|---|---|"]  # fmt: skip
         start = per_volume(_select(following, round=0), lambda r: r["mean_dice"])
-        for strategy in ("suggested", "even", "random"):
+        strategies = next_strategies(following)
+        for strategy in strategies:
             cells = [_fmt(*mean_sd(list(start.values())))]
             for index in (1, 2, 3):
                 chosen = _select(following, strategy=strategy, round=index)
@@ -359,16 +390,9 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
                 cells.append(_fmt(*mean_sd(values)) if values else "–")
             out.append(f"| {strategy} | " + " | ".join(cells) + " |")
         out.append("")
-        for other in ("even", "random"):
-            last = max(r["round"] for r in following)
-            a = per_volume(_select(following, strategy="suggested", round=last),
-                           lambda r: r["mean_dice"])  # fmt: skip
-            b = per_volume(_select(following, strategy=other, round=last),
-                           lambda r: r["mean_dice"])  # fmt: skip
-            cases = sorted(set(a) & set(b))
-            if len(cases) >= 2:
-                d = paired_difference([a[c] for c in cases], [b[c] for c in cases])
-                out.append(f"- round {last}, suggested minus {other}: {format_difference(d)}")
+        for strategy in [name for name in strategies if name.startswith("suggested")]:
+            for other in ("even", "random"):
+                out += next_differences(following, strategy, other)
         out.append("")
         plot = images / f"results-{label}-annotate-next.png"
         annotate_next_plot(following, plot, f"{setting} setting: Dice per round")

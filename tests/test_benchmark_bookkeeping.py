@@ -224,3 +224,26 @@ def test_next_rules_summary_pairs_each_rule_with_even_per_case():
     spread = next(line for line in table if line.startswith("| suggested-spread-1"))
     assert "0.650 (+0.000" in spread and "1/1)" in spread  # one case ahead, one behind
     assert next_rules.rule_name("suggested", 0.5) == "suggested-spread-0.5"
+
+
+def test_annotate_next_report_lists_variants_and_the_slices_saved(tmp_path):
+    rows = []
+    for case, base in (("a", 0.5), ("b", 0.4), ("c", 0.45)):
+        rows.append({"case": case, "method": "crii", "strategy": "all", "round": 0,
+                     "annotated": 2, "mean_dice": base, "seed": 0})  # fmt: skip
+        gains = {"suggested": 0.10, "even": 0.06, "random": 0.05, "suggested-spread-1": 0.13}
+        for strategy, gain in gains.items():
+            for index in (1, 2, 3):
+                rows.append({"case": case, "method": "crii", "strategy": strategy,
+                             "round": index, "annotated": 2 + 2 * index,
+                             "mean_dice": base + gain * index, "seed": 0})  # fmt: skip
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "annotate-next.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = report.build("x", folder, tmp_path / "docs")
+    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert order[1:] == ["suggested", "even", "random", "suggested-spread-1"]
+    assert "- round 1, suggested minus even: +0.040" in text
+    # suggested after round 2 (0.2 up) against even after round 3 (0.18 up): 2 slices saved
+    assert "- round 2, suggested minus even at round 3 (2 slices more): +0.020" in text
+    assert "- round 3, suggested-spread-1 minus random: +0.240" in text

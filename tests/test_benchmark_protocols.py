@@ -111,7 +111,7 @@ def test_even_picks_fill_the_largest_gaps():
     case = load_case("hippocampus_004")
     occupied = np.flatnonzero(np.any(case.truth != 0, axis=(0, 1)))
     low, high = int(occupied[0]), int(occupied[-1])
-    picks = protocols._pick("even", case, [low, high], {}, np.random.default_rng(0))
+    picks = protocols.pick_slices("even", case, [low, high], {}, np.random.default_rng(0))
     middle = (low + high) / 2
     assert abs(picks[0] - middle) <= 1  # the first fills the only gap in its middle
     assert all(low < p < high for p in picks) and len(set(picks)) == 2
