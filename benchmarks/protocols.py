@@ -311,6 +311,15 @@ def ablation(
                                    seed=seed, slices=slices)  # fmt: skip
 
 
+NEXT_STRATEGIES: dict[str, tuple[str, float]] = {
+    "suggested": ("suggested", 0.0),
+    "even": ("even", 0.0),
+    "random": ("random", 0.0),
+}
+"""Annotate-next strategies: name -> (kind for :func:`pick_slices`, suggestion spread). A
+strategy added later runs alone on a resume (the first round is made again, identically)."""
+
+
 def annotate_next(
     setting: Setting, rates: Rates, run_dir: Path, skip: Set[tuple] = frozenset()
 ) -> Iterator[dict[str, Any]]:
@@ -320,23 +329,29 @@ def annotate_next(
     for name in test_volumes(setting, setting.next_cases):
         case = load_case(name)
         for seed in setting.seeds:
-            keys = [planned_key("annotate-next", name, "crii", seed=seed, strategy=strategy,
-                                round=index)
-                    for strategy in ("suggested", "even", "random")
-                    for index in range(1, setting.next_rounds + 1)]  # fmt: skip
-            if all(key in skip for key in keys):
+            wanted = [
+                strategy
+                for strategy in NEXT_STRATEGIES
+                if not all(
+                    planned_key("annotate-next", name, "crii", seed=seed, strategy=strategy,
+                                round=index) in skip
+                    for index in range(1, setting.next_rounds + 1)
+                )
+            ]  # fmt: skip
+            if not wanted:
                 continue  # rounds build on each other: a chain is redone whole or not at all
             first = spread_slices(case.truth, AXIAL, 2)
             start = next_round(case, first, iterations, seed, None, run_dir / "next-0")
             yield _next_row(case, "all", 0, first, start, seed)
-            for strategy in ("suggested", "even", "random"):
+            for strategy in wanted:
+                kind, spread = NEXT_STRATEGIES[strategy]
                 rng = np.random.default_rng(seed)
                 slices, previous = list(first), start
                 for round_index in range(1, setting.next_rounds + 1):
-                    slices = slices + pick_slices(strategy, case, slices, previous, rng)
+                    slices = slices + pick_slices(kind, case, slices, previous, rng, spread)
                     previous = next_round(case, slices, iterations, seed,
-                                           previous["trained"].model_path,
-                                           run_dir / f"next-{strategy}-{round_index}")  # fmt: skip
+                                          previous["trained"].model_path,
+                                          run_dir / f"next-{strategy}-{round_index}")  # fmt: skip
                     yield _next_row(case, strategy, round_index, slices, previous, seed)
 
 

@@ -107,6 +107,19 @@ def test_annotate_next_adds_two_new_slices_per_round(tmp_path):
         assert set(start[0]["slices"]) < set(row["slices"])
 
 
+def test_annotate_next_runs_only_a_strategy_added_later(tmp_path, monkeypatch):
+    name = protocols.test_volumes(TINY, 1)[0]
+    done = {
+        protocols.planned_key("annotate-next", name, "crii", seed=0, strategy=strategy, round=1)
+        for strategy in ("suggested", "even", "random")
+    }
+    assert list(protocols.annotate_next(TINY, RATES, tmp_path, skip=done)) == []
+    strategies = {**protocols.NEXT_STRATEGIES, "suggested-spread-1": ("suggested", 1.0)}
+    monkeypatch.setattr(protocols, "NEXT_STRATEGIES", strategies)
+    rows = list(protocols.annotate_next(TINY, RATES, tmp_path, skip=done))
+    assert [(r["strategy"], r["round"]) for r in rows] == [("all", 0), ("suggested-spread-1", 1)]
+
+
 def test_even_picks_fill_the_largest_gaps():
     case = load_case("hippocampus_004")
     occupied = np.flatnonzero(np.any(case.truth != 0, axis=(0, 1)))
