@@ -215,23 +215,37 @@ def run(
     log = folder / "runtime.txt"
     with open(log, "a") as stream:
         stream.write(
-            f"{setting_name} {','.join(protocols)} ({_scope(setting)}): {total:.1f} min "
+            f"{setting_name} {','.join(protocols)} ({_scope(setting, protocols)}): {total:.1f} min "
             f"on {machine()} ({'; '.join(made_per_protocol)}; rows already there skipped)\n"
         )
     print(f"done in {total:.1f} min; rows under {folder}", file=sys.stderr)
     return 0
 
 
-def _scope(setting: Setting) -> str:
+def _scope(setting: Setting, protocols: list[str] | None = None) -> str:
+    """What a run covered, for the runtime log: the share of volumes, seeds, and the slices
+    and round length of each protocol run (``protocols``; default the interactive one)."""
     index, total = setting.shard
     share = f"shard {index}/{total} of " if total > 1 else ""
     default = SETTINGS[setting.name].interactive_methods if setting.name in SETTINGS else None
     methods = setting.interactive_methods
     only = f", learned methods {list(methods)} only" if methods != default else ""
-    return (
-        f"{share}{setting.test_cases} test volumes, seeds {list(setting.seeds)}, "
-        f"k {list(setting.slice_counts)}, {setting.budget_seconds:g} s per round{only}"
-    )
+    seeds = f"seeds {list(setting.seeds)}"
+    parts = {
+        "interactive": f"{share}{setting.test_cases} test volumes, {seeds}, "
+        f"k {list(setting.slice_counts)}, {setting.budget_seconds:g} s per round{only}",
+        "ablation": f"{share}{setting.ablation_cases} test volumes, {seeds}, k 3, "
+        f"{setting.budget_seconds:g} s per round",
+        "annotate-next": f"{share}{setting.next_cases} test volumes, {seeds}, 2 slices then "
+        f"{setting.next_rounds} rounds of 2 more, {setting.next_budget_seconds:g} s per round",
+        "dataset": f"{setting.dataset_labeled} labeled train volumes, "
+        f"{setting.dataset_eval_cases} test volumes, {seeds}, "
+        f"{setting.dataset_budget_seconds:g} s per run",
+    }
+    chosen = protocols or ["interactive"]
+    if len(chosen) == 1:
+        return parts[chosen[0]]
+    return "; ".join(f"{name}: {parts[name]}" for name in chosen)
 
 
 def _summary(row: dict[str, Any]) -> str:

@@ -247,3 +247,12 @@ def test_annotate_next_report_lists_variants_and_the_slices_saved(tmp_path):
     # suggested after round 2 (0.2 up) against even after round 3 (0.18 up): 2 slices saved
     assert "- round 2, suggested minus even at round 3 (2 slices more): +0.020" in text
     assert "- round 3, suggested-spread-1 minus random: +0.240" in text
+
+
+def test_runtime_log_describes_the_protocol_that_ran():
+    setting = dataclasses.replace(SETTINGS["full"], seeds=(0,), shard=(1, 2))
+    scope = real_data._scope(setting, ["annotate-next"])
+    assert scope.startswith("shard 1/2 of 20 test volumes")
+    assert "3 rounds of 2 more, 10 s per round" in scope and "k [" not in scope
+    both = real_data._scope(setting, ["interactive", "ablation"])
+    assert both.startswith("interactive: shard 1/2 of 52") and "; ablation: " in both
