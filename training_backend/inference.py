@@ -263,8 +263,7 @@ def suggest_slices(
         if not allowed.any():
             break
         weighted = scores * np.power(distance.astype(np.float64), spread) if spread else scores
-        order = np.argsort(-np.where(allowed, weighted, -np.inf), kind="stable")
-        index = int(order[0])
+        index = int(np.argmax(np.where(allowed, weighted, -np.inf)))  # the first of equals
         picks.append((index, float(scores[index])))
         taken.append(index)
     return picks
