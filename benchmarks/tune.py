@@ -6,7 +6,7 @@
 
 Appends one row per case to ``benchmarks/results/tuning.jsonl``: the Dice of the final mask
 and of the network alone, beside interpolation, of other ways to finish the same network
-output (:func:`finishing_variants`), and of the final mask made with the EMA teacher's
+output (:func:`finishing_labels`, Dice and HD95), and of the final mask made with the EMA teacher's
 weights. Every variant that was run stays in the file.
 """
 
@@ -33,10 +33,11 @@ from training_backend.simulate import spread_slices
 from training_backend.trainer import TrainingVolume
 
 
-def finishing_variants(predicted, annotation, case, align: bool) -> dict[str, float]:
-    """Mean Dice of other ways to finish the same network output (no retraining): the late
+def finishing_labels(predicted, annotation, case, align: bool) -> dict[str, np.ndarray]:
+    """Other ways to finish the same network output (no retraining), as label maps: the late
     blend at other weights, weighted by the prior's confidence, only inside the annotated
-    range, on the foreground alone (classes split as the network does), and none."""
+    range, on the foreground alone (classes split as the network does), with the classes
+    split by the prior (the head/body line drawn by the annotated outlines), and none."""
     probabilities = predicted.extra["probabilities"]
     prior = shape_prior(annotation.labels, annotation.annotated, AXIAL, NUM_CLASSES,
                         extrapolate=True, spacing=case.spacing, align=align)  # fmt: skip
@@ -57,11 +58,14 @@ def finishing_variants(predicted, annotation, case, align: bool) -> dict[str, fl
         for name, weight in weights.items()
     }
     blends["foreground-blend-0.5"] = _foreground_blend(probabilities, prior.probabilities, 0.5)
-    out = {}
-    for name, blended in blends.items():
-        labels = keep_annotated_components(blended.argmax(0).astype(np.uint8), annotation)
-        out[name] = round(mean_dice(labels, case.truth, NUM_CLASSES), 4)
-    return out
+    for share in (0.5, 1.0):
+        blends[f"blend-0.5-prior-classes-{share:g}"] = _prior_class_split(
+            blends["blend-0.5"], prior.probabilities, share
+        )
+    return {
+        name: keep_annotated_components(blended.argmax(0).astype(np.uint8), annotation)
+        for name, blended in blends.items()
+    }
 
 
 def teacher_dice(trained, case, annotation) -> float | None:
@@ -86,6 +90,20 @@ def _foreground_blend(network: np.ndarray, prior: np.ndarray, weight: float) -> 
     share = np.where(network_foreground > 1e-6,  # the prior's split where the network has none
                      network[1:] / np.maximum(network_foreground, 1e-6), prior_share)  # fmt: skip
     return np.concatenate([(1.0 - foreground)[None], foreground[None] * share])
+
+
+def _prior_class_split(blended: np.ndarray, prior: np.ndarray, share: float) -> np.ndarray:
+    """Keep the foreground of ``blended``; split it among the classes by ``share`` of the
+    prior's split and 1 - ``share`` of the blend's own (the blend's alone where the prior
+    holds no foreground)."""
+    foreground = blended[1:].sum(0, keepdims=True)
+    own = blended[1:] / np.maximum(foreground, 1e-6)
+    prior_foreground = prior[1:].sum(0, keepdims=True)
+    prior_split = np.where(
+        prior_foreground > 1e-3, prior[1:] / np.maximum(prior_foreground, 1e-6), own
+    )
+    split = (1.0 - share) * own + share * prior_split
+    return np.concatenate([blended[:1], foreground * split])
 
 
 def summary(path: Path) -> str:
@@ -162,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         interpolated = interpolate_case(
             "interpolation-extrapolated" + ("" if align else "-unaligned"), labels, annotation, case
         )
+        finished = {n: score(m, case) for n, m in finishing_labels(predicted, annotation, case,
+                                                                   align).items()}  # fmt: skip
         row = {
             "variant": args.variant,
             "method": args.method,
@@ -174,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             **score(predicted.labels, case),
             "network_dice": round(mean_dice(predicted.extra["network"], case.truth, 3), 4),
             "interpolation_dice": score(interpolated.labels, case)["mean_dice"],
-            "finishing_variants": finishing_variants(predicted, annotation, case, align),
+            "finishing_variants": {n: v["mean_dice"] for n, v in finished.items()},
+            "finishing_hd95": {n: v["mean_hd95"] for n, v in finished.items()},
             "teacher_dice": teacher,
             "machine": machine(),
         }
@@ -182,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, "a") as stream:
             stream.write(json.dumps(row) + "\n")
         print(f"{name} final {row['mean_dice']:.3f} network {row['network_dice']:.3f} "
-              f"interp {row['interpolation_dice']:.3f} {row['finishing_variants']}",
+              f"interp {row['interpolation_dice']:.3f} {row['finishing_variants']} "
+              f"HD95 {row['finishing_hd95']}",
               file=sys.stderr, flush=True)  # fmt: skip
     mean = sum(r["mean_dice"] for r in rows) / len(rows)
     network = sum(r["network_dice"] for r in rows) / len(rows)
