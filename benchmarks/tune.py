@@ -27,7 +27,7 @@ from benchmarks.runs import DEVICE, interpolate_case, make_config, predict_case,
 from training_backend.cli import _parse_value
 from training_backend.inference import load_model, predict_final
 from training_backend.metrics import mean_dice
-from training_backend.postprocess import keep_annotated_components
+from training_backend.postprocess import keep_annotated_components, split_by_prior
 from training_backend.prior import shape_prior
 from training_backend.simulate import spread_slices
 from training_backend.trainer import TrainingVolume
@@ -59,8 +59,8 @@ def finishing_labels(predicted, annotation, case, align: bool) -> dict[str, np.n
     }
     blends["foreground-blend-0.5"] = _foreground_blend(probabilities, prior.probabilities, 0.5)
     for share in (0.5, 1.0):
-        blends[f"blend-0.5-prior-classes-{share:g}"] = _prior_class_split(
-            blends["blend-0.5"], prior.probabilities, share
+        blends[f"blend-0.5-prior-classes-{share:g}"] = split_by_prior(
+            blends["blend-0.5"], prior.probabilities[1:], share
         )
     return {
         name: keep_annotated_components(blended.argmax(0).astype(np.uint8), annotation)
@@ -90,20 +90,6 @@ def _foreground_blend(network: np.ndarray, prior: np.ndarray, weight: float) -> 
     share = np.where(network_foreground > 1e-6,  # the prior's split where the network has none
                      network[1:] / np.maximum(network_foreground, 1e-6), prior_share)  # fmt: skip
     return np.concatenate([(1.0 - foreground)[None], foreground[None] * share])
-
-
-def _prior_class_split(blended: np.ndarray, prior: np.ndarray, share: float) -> np.ndarray:
-    """Keep the foreground of ``blended``; split it among the classes by ``share`` of the
-    prior's split and 1 - ``share`` of the blend's own (the blend's alone where the prior
-    holds no foreground)."""
-    foreground = blended[1:].sum(0, keepdims=True)
-    own = blended[1:] / np.maximum(foreground, 1e-6)
-    prior_foreground = prior[1:].sum(0, keepdims=True)
-    prior_split = np.where(
-        prior_foreground > 1e-3, prior[1:] / np.maximum(prior_foreground, 1e-6), own
-    )
-    split = (1.0 - share) * own + share * prior_split
-    return np.concatenate([blended[:1], foreground * split])
 
 
 def summary(path: Path) -> str:

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import error_anatomy, next_rules, protocols, real_data, report  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 from benchmarks.real_data import rebased, supersede_stale_rows  # noqa: E402
-from benchmarks.tune import _prior_class_split, summary  # noqa: E402
+from benchmarks.tune import summary  # noqa: E402
 
 
 def test_rebased_rates_keep_supervised_and_the_measured_ratios() -> None:
@@ -257,13 +257,3 @@ def test_runtime_log_describes_the_protocol_that_ran():
     both = real_data._scope(setting, ["interactive", "ablation"])
     assert both.startswith("interactive: shard 1/2 of 52") and "; ablation: " in both
 
-
-def test_prior_class_split_keeps_the_foreground_and_moves_the_class_line():
-    blended = np.array([[0.2, 0.9], [0.7, 0.05], [0.1, 0.05]])  # (classes, voxels)
-    prior = np.array([[0.5, 1.0], [0.0, 0.0], [0.5, 0.0]])  # class 2 only; nothing at voxel 1
-    split = _prior_class_split(blended, prior, 1.0)
-    assert np.allclose(split.sum(0), 1.0) and np.allclose(split[0], blended[0])
-    assert np.allclose(split[:, 0], [0.2, 0.0, 0.8])  # the prior's split of the same foreground
-    assert np.allclose(split[:, 1], blended[:, 1])  # no prior foreground: the blend's own
-    half = _prior_class_split(blended, prior, 0.5)
-    assert np.allclose(half[1:, 0], 0.8 * (0.5 * np.array([0.875, 0.125]) + 0.5 * np.array([0, 1])))

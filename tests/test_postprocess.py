@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training_backend.annotations import SparseAnnotation
-from training_backend.postprocess import blend_with_prior, keep_annotated_components
+from training_backend.postprocess import blend_with_prior, keep_annotated_components, split_by_prior
 from training_backend.prior import shape_prior
 
 SHAPE = (8, 12, 12)
@@ -158,3 +158,35 @@ def test_the_blend_follows_the_annotation_axis():
     probabilities = random_probabilities(num_classes=2, seed=2)
     out = blend_with_prior(probabilities, annotation, 1.0)
     np.testing.assert_allclose(out[1, :, 4, :], labels[:, 4, :].astype(np.float32), atol=1e-6)
+
+
+# split_by_prior --------------------------------------------------------------------------
+
+
+def test_split_by_prior_keeps_the_background_and_moves_the_class_line():
+    blended = np.array([[0.2, 0.9], [0.7, 0.05], [0.1, 0.05]], np.float32)  # (classes, voxels)
+    prior_classes = np.array([[0.0, 0.0], [0.5, 0.0]], np.float32)  # class 2; none at voxel 1
+    full = split_by_prior(blended, prior_classes, 1.0)
+    assert full.dtype == np.float32
+    np.testing.assert_allclose(full.sum(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(full[0], blended[0])
+    np.testing.assert_allclose(full[:, 0], [0.2, 0.0, 0.8], atol=1e-6)  # the prior's split
+    np.testing.assert_allclose(full[:, 1], blended[:, 1], atol=1e-6)  # no prior foreground
+    half = split_by_prior(blended, prior_classes, 0.5)
+    np.testing.assert_allclose(
+        half[1:, 0], 0.8 * (0.5 * np.array([0.875, 0.125]) + 0.5 * np.array([0.0, 1.0])), atol=1e-6
+    )
+
+
+def test_the_blend_with_a_class_split_changes_only_how_the_foreground_divides(two_slices):
+    probabilities = random_probabilities(seed=3)
+    plain = blend_with_prior(probabilities.copy(), two_slices, 0.5)
+    split = blend_with_prior(probabilities.copy(), two_slices, 0.5, class_split=1.0)
+    np.testing.assert_allclose(split[0], plain[0], atol=1e-6)
+    np.testing.assert_allclose(split.sum(0), 1.0, atol=1e-5)
+    prior = shape_prior(two_slices.labels, two_slices.annotated, 0, 3, extrapolate=True)
+    holds = prior.probabilities[1:].sum(0) > 0.5
+    assert holds.any()
+    on_prior = prior.probabilities[1:, holds].argmax(0)
+    assert np.array_equal(split[1:, holds].argmax(0), on_prior)  # the prior's class wins there
+    assert not np.array_equal(plain[1:, holds].argmax(0), on_prior)  # it did not before

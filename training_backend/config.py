@@ -76,11 +76,14 @@ class PredictConfig:
 
     ``prior_blend`` is the weight of the shape prior of the annotated slices in a late average
     with the network's probabilities; it applies to ``crii`` with ``loss.use_prior`` (the
-    prior is part of that method). ``keep_annotated_components`` drops, per class, 3D
-    components that touch no annotated voxel of the class.
+    prior is part of that method). ``prior_class_split`` is the share of the prior's split of
+    the foreground among the classes, where the prior holds foreground (0: the blend's own
+    split; the foreground itself is never changed by it). ``keep_annotated_components`` drops,
+    per class, 3D components that touch no annotated voxel of the class.
     """
 
     prior_blend: float = 0.5
+    prior_class_split: float = 0.0
     keep_annotated_components: bool = True
 
 
@@ -167,6 +170,7 @@ class CriiConfig:
         if t.axis is not None:
             _int_in("train.axis", t.axis, 0, 2)
         _float_in("predict.prior_blend", self.predict.prior_blend, 0.0, 1.0)
+        _float_in("predict.prior_class_split", self.predict.prior_class_split, 0.0, 1.0)
         for name, value in (
             ("loss.use_prior", lo.use_prior),
             ("loss.prior_extrapolate", lo.prior_extrapolate),

@@ -223,7 +223,12 @@ def finish_prediction(
     probabilities, refined = prediction.probabilities, prediction.refined
     if config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0:
         probabilities = blend_with_prior(
-            probabilities, annotation, settings.prior_blend, spacing, config.loss.prior_align
+            probabilities,
+            annotation,
+            settings.prior_blend,
+            spacing,
+            config.loss.prior_align,
+            settings.prior_class_split,
         )
         refined = probabilities.argmax(0).astype(np.uint8)
     if settings.keep_annotated_components:
