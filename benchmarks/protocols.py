@@ -250,13 +250,12 @@ def interactive(
                     for method in setting.interactive_methods:
                         if budget == "iterations" and method == "supervised":
                             continue  # the same run as its equal-time one
-                        key = planned_key("interactive", name, method, k=k, seed=seed,
-                                          budget=budget)  # fmt: skip
-                        blend = planned_key("interactive", name, "supervised+late-prior-blend",
-                                            k=k, seed=seed, budget=budget)  # fmt: skip
-                        if key in skip and (method != "supervised" or budget != "time"
-                                            or blend in skip):  # fmt: skip
-                            continue  # a missing blend row needs its supervised run again
+                        derived = REFINISHED.get(method, {}) if budget == "time" else {}
+                        keys = [planned_key("interactive", name, row_method, k=k, seed=seed,
+                                            budget=budget)
+                                for row_method in [method, *derived]]  # fmt: skip
+                        if all(key in skip for key in keys):
+                            continue  # a missing derived row needs its run again
                         paced = "supervised" if budget == "iterations" else method
                         iterations = rates.iterations(paced, seconds)
                         volume = TrainingVolume(case.image, annotation, case.spacing, case.name)
@@ -265,22 +264,40 @@ def interactive(
                         predicted = predict_case(trained, case, annotation)
                         yield _learned_row("interactive", case, method, predicted, trained,
                                            budget=budget, seed=seed, **common)  # fmt: skip
-                        if method == "supervised" and budget == "time":
-                            yield _supervised_with_prior(case, annotation, predicted, trained,
-                                                         seed, common)  # fmt: skip
+                        for row_method, class_split in derived.items():
+                            yield _refinished(row_method, class_split, case, annotation,
+                                              predicted, trained, seed, common)  # fmt: skip
 
 
-def _supervised_with_prior(case, annotation, predicted, trained, seed, common):
-    """``supervised`` finished like ``crii``: its probabilities averaged late with the shape
-    prior. Not a method of the paper; it shows how much of crii's lead the late blend makes."""
+CLASS_SPLIT = 1.0
+"""``predict.prior_class_split`` of the ``+class-split`` rows: the value chosen on 6 ``train``
+cases (``benchmarks/results/tuning.jsonl``, variants ``long-iterations-k2`` and ``-k3``)."""
+
+REFINISHED: dict[str, dict[str, float]] = {
+    "crii": {"crii+prior-class-split": CLASS_SPLIT},
+    "supervised": {
+        "supervised+late-prior-blend": 0.0,
+        "supervised+late-prior-blend+class-split": CLASS_SPLIT,
+    },
+}
+"""Rows made from the same run of a method (equal-time budget), finished another way: the
+late blend with the shape prior at the method's ``predict.prior_blend``, then the prior's split
+of the foreground among the classes at the given share (``predict.prior_class_split``)."""
+
+
+def _refinished(method, class_split, case, annotation, predicted, trained, seed, common):
+    """The network's probabilities of ``predicted`` averaged late with the shape prior (and
+    split among the classes by it), as ``crii``'s final mask is. For ``supervised`` this is
+    not a method of the paper: it shows how much of crii's lead the finishing makes."""
     start = time.perf_counter()
     probabilities = blend_with_prior(
         predicted.extra["probabilities"], annotation,
         trained.config.predict.prior_blend, case.spacing, trained.config.loss.prior_align,
+        class_split,
     )  # fmt: skip
     labels = keep_annotated_components(probabilities.argmax(0).astype(np.uint8), annotation)
     predicted_seconds = predicted.seconds + time.perf_counter() - start
-    return _row("interactive", case, "supervised+late-prior-blend", budget="time", seed=seed,
+    return _row("interactive", case, method, budget="time", seed=seed,
                 iterations=trained.iterations, train_seconds=round(trained.train_seconds, 2),
                 predict_seconds=round(predicted_seconds, 3),
                 round_seconds=round(trained.train_seconds + predicted_seconds, 2),

@@ -34,6 +34,10 @@ BASELINES = (
     "supervised+late-prior-blend",
 )
 
+CRII_VARIANTS = ("crii+prior-class-split",)
+"""``crii`` finished another way from the same runs (benchmarks.protocols.REFINISHED)."""
+VARIANT_BASELINES = ("supervised+late-prior-blend+class-split",)
+
 Row = dict[str, Any]
 MIN_VOLUMES_FOR_VERDICT = 10
 """Below this many paired volumes a percentile bootstrap interval is too narrow to trust: the
@@ -352,6 +356,12 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
             out += [*method_table(timed, methods), ""]
             out += [*difference_table(timed, "crii", list(BASELINES)), ""]
             out += seed_tables(timed, "crii", list(BASELINES))
+            for variant in [v for v in CRII_VARIANTS if _select(timed, method=v)]:
+                others = ["crii", *BASELINES, *VARIANT_BASELINES]
+                seeds = sorted({r["seed"] for r in _select(timed, method=variant)})
+                for seed in seeds:
+                    out += [f"`{variant}`, seed {seed} (every method's seed-{seed} rows):", ""]
+                    out += [*difference_table(timed, variant, others, seed=seed), ""]
             equal = [r for r in rows_k if r.get("budget") == "iterations"]
             if equal:
                 supervised = [r for r in rows_k if r["method"] == "supervised"

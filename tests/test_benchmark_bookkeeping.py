@@ -256,4 +256,3 @@ def test_runtime_log_describes_the_protocol_that_ran():
     assert "3 rounds of 2 more, 10 s per round" in scope and "k [" not in scope
     both = real_data._scope(setting, ["interactive", "ablation"])
     assert both.startswith("interactive: shard 1/2 of 52") and "; ablation: " in both
-

@@ -64,8 +64,10 @@ def test_interactive_rows_cover_every_method_and_budget(tmp_path):
         ("interpolation-unaligned", "none"),
         ("interpolation-extrapolated-unaligned", "none"),
         ("crii", "time"),
+        ("crii+prior-class-split", "time"),
         ("supervised", "time"),
         ("supervised+late-prior-blend", "time"),
+        ("supervised+late-prior-blend+class-split", "time"),
         ("mean-teacher", "time"),
         ("crii", "iterations"),
         ("mean-teacher", "iterations"),
@@ -74,6 +76,7 @@ def test_interactive_rows_cover_every_method_and_budget(tmp_path):
     assert by[("crii", "time")]["iterations"] == 3
     assert by[("supervised", "time")]["iterations"] == 4
     assert by[("crii", "iterations")]["iterations"] == 4  # paced by supervised
+    assert by[("crii+prior-class-split", "time")]["iterations"] == 3  # the crii run, refinished
     for row in rows:
         assert row["k"] == 2 and len(row["slices"]) == 2
         assert len(row["dice"]) == 2 and 0.0 <= row["mean_dice"] <= 1.0
@@ -148,7 +151,7 @@ def test_runner_writes_rows_and_report_reads_them(tmp_path, monkeypatch):
     assert real_data.main(["--setting", "tiny", "--protocol", "interactive",
                            "--out", str(tmp_path)]) == 0  # fmt: skip
     lines = (folder / "interactive.jsonl").read_text().splitlines()
-    assert len(lines) == 10  # 4 interpolation rows, 6 learned (with the blend)
+    assert len(lines) == 12  # 4 interpolation rows, 8 learned (3 of them refinished)
     assert real_data.main(["--setting", "tiny", "--protocol", "interactive",
                            "--out", str(tmp_path)]) == 0  # fmt: skip
     assert (folder / "interactive.jsonl").read_text().splitlines() == lines  # resumed: no dups
@@ -231,7 +234,7 @@ def test_methods_option_limits_what_is_trained(tmp_path, monkeypatch):
     assert real_data.main([*arguments, "--methods", "supervised"]) == 0
     rows = real_data.complete_rows(folder / "interactive.jsonl")
     assert {r["method"] for r in rows} - set(runs.INTERPOLATION_METHODS) == {
-        "supervised", "supervised+late-prior-blend"
+        "supervised", "supervised+late-prior-blend", "supervised+late-prior-blend+class-split"
     }  # fmt: skip
     runtime = (folder / "runtime.txt").read_text()
     assert "learned methods [] only" in runtime and "learned methods ['supervised'] only" in runtime
