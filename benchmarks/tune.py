@@ -3,6 +3,7 @@
     python -m benchmarks.tune --variant NAME --method crii --cases 6 --slices 3 \
         --iterations 500 [--set train.augment=none ...]
     python -m benchmarks.tune --summary       # every variant run so far, as a table
+    python -m benchmarks.tune --finishing NAME [NAME ...]   # its finishing variants, compared
 
 Appends one row per case to ``benchmarks/results/tuning.jsonl``: the Dice of the final mask
 and of the network alone, beside interpolation, of other ways to finish the same network
@@ -120,6 +121,34 @@ def summary(path: Path) -> str:
     return "\n".join(out)
 
 
+def finishing_summary(path: Path, variants: list[str], reference: str = "blend-0.5") -> str:
+    """Per row set: each way to finish the same network output, its mean Dice and HD95 (mm),
+    and its Dice minus ``reference`` (the product's finishing) per case, with wins/losses."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for variant in variants:
+        chosen = [r for r in rows if r["variant"] == variant and "finishing_hd95" in r]
+        if not chosen:
+            out.append(f"{variant}: no rows with finishing HD95")
+            continue
+        first = chosen[0]
+        out += ["", f"{variant}: {first['method']}, k = {first['k']}, {len(chosen)} cases, "
+                f"{first['iterations']} iterations; interpolation (extrapolated) Dice "
+                f"{_mean(chosen, 'interpolation_dice'):.3f}", "",
+                f"| finishing | mean Dice | HD95 mm | Dice − {reference} | wins/losses |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for name in first["finishing_variants"]:
+            dice = np.array([r["finishing_variants"][name] for r in chosen])
+            base = np.array([r["finishing_variants"][reference] for r in chosen])
+            hd95 = [r["finishing_hd95"][name] for r in chosen]
+            finite = [h for h in hd95 if h is not None]
+            distance = f"{np.mean(finite):.2f}" if len(finite) == len(hd95) else "–"
+            out.append(f"| {name} | {dice.mean():.3f} | {distance} | "
+                       f"{(dice - base).mean():+.3f} | {int((dice > base).sum())}/"
+                       f"{int((dice < base).sum())} |")  # fmt: skip
+    return "\n".join(out).strip()
+
+
 def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
@@ -129,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", help="a name for this row set")
     parser.add_argument("--summary", action="store_true",
                         help="print a table of every variant in --out and stop")  # fmt: skip
+    parser.add_argument("--finishing", nargs="+", metavar="VARIANT",
+                        help="compare the finishing of these row sets and stop")  # fmt: skip
     parser.add_argument("--method", default="crii")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--first-case", type=int, default=0)
@@ -140,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summary:
         print(summary(args.out))
+        return 0
+    if args.finishing:
+        print(finishing_summary(args.out, args.finishing))
         return 0
     if not args.variant:
         parser.error("--variant is required to run a variant")

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import error_anatomy, next_rules, protocols, real_data, report  # noqa: E402
 from benchmarks.protocols import SETTINGS, Rates  # noqa: E402
 from benchmarks.real_data import rebased, supersede_stale_rows  # noqa: E402
-from benchmarks.tune import summary  # noqa: E402
+from benchmarks.tune import finishing_summary, summary  # noqa: E402
 
 
 def test_rebased_rates_keep_supervised_and_the_measured_ratios() -> None:
@@ -256,3 +256,20 @@ def test_runtime_log_describes_the_protocol_that_ran():
     assert "3 rounds of 2 more, 10 s per round" in scope and "k [" not in scope
     both = real_data._scope(setting, ["interactive", "ablation"])
     assert both.startswith("interactive: shard 1/2 of 52") and "; ablation: " in both
+
+
+def test_finishing_summary_compares_each_finishing_with_the_product_one(tmp_path):
+    rows = [
+        {"variant": "v", "method": "crii", "k": 2, "iterations": 9, "interpolation_dice": 0.5,
+         "finishing_variants": {"blend-0.5": base, "split": base + gain},
+         "finishing_hd95": {"blend-0.5": 6.0, "split": hd95}}
+        for base, gain, hd95 in [(0.6, 0.1, 4.0), (0.7, -0.02, None)]
+    ]  # fmt: skip
+    rows.append({"variant": "old", "finishing_variants": {}})  # no HD95 recorded: skipped
+    path = tmp_path / "tuning.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = finishing_summary(path, ["v", "old"])
+    assert "v: crii, k = 2, 2 cases, 9 iterations" in text
+    assert "| split | 0.690 | – | +0.040 | 1/1 |" in text  # one HD95 undefined: no mean
+    assert "| blend-0.5 | 0.650 | 6.00 | +0.000 | 0/0 |" in text
+    assert "old: no rows with finishing HD95" in text
