@@ -181,10 +181,19 @@ class TrainingPanel(QGroupBox):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setValue(defaults.train.seed)
+        self.class_split_check = QCheckBox("class borders from the annotations")
+        self.class_split_check.setChecked(defaults.predict.prior_class_split > 0.0)
+        self.class_split_check.setToolTip(
+            "For a structure made of parts that meet along a border (the head and body of the "
+            "hippocampus): the painted outlines, carried between the annotated slices, decide "
+            "which part each voxel belongs to. Leave it off for a class that may appear only "
+            "between annotated slices (a lesion): it would be erased there."
+        )
         form.addRow("Learning rate", self.learning_rate_spin)
         for name, spin in self.loss_spins.items():
             form.addRow(LOSS_LABELS.get(name, "λ consistency (max)"), spin)
         form.addRow("Seed", self.seed_spin)
+        form.addRow(self.class_split_check)
         self.advanced.addWidget(inner)
         self.advanced.collapse(animate=False)
         return self.advanced
@@ -225,6 +234,7 @@ class TrainingPanel(QGroupBox):
         settings: dict[str, object] = {"train.learning_rate": self.learning_rate_spin.value()}
         for name, spin in self.loss_spins.items():
             settings[f"loss.{name}"] = spin.value()
+        settings["predict.prior_class_split"] = 1.0 if self.class_split_check.isChecked() else 0.0
         return settings
 
     def set_progress(self, text: str, fraction: float | None = None) -> None:

@@ -208,6 +208,15 @@ def test_annotations_of_another_shape_are_refused(crii, notes):
     assert len(notes.error) == 1 and "(10, 20, 20)" in notes.error[0]
 
 
+def test_the_class_border_option_reaches_the_training_command(crii, tmp_path):
+    _, widget = crii
+    panel = widget.training_panel
+    assert panel.settings()["predict.prior_class_split"] == 0.0  # off by default
+    panel.class_split_check.setChecked(True)
+    request = widget._request(widget.ensure_session(), tmp_path, tmp_path / "labels.nii.gz")
+    assert "predict.prior_class_split=1.0" in request.arguments()
+
+
 def test_autosave_writes_the_annotations_only_when_they_changed(crii):
     from training_backend.io import read_volume
 
