@@ -65,7 +65,16 @@ def _row(name, rule, index, slices, result, iterations, seed) -> dict:
 
 
 def summary(rows: list[dict]) -> str:
-    """Mean Dice per rule and round, and each rule minus ``even`` per case (95% CI)."""
+    """One table per seed and round length (iterations): mean Dice per rule and round, and
+    each rule minus ``even`` per case (95% CI). A case run twice alike counts once (the last)."""
+    groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row.get("seed", 0), row.get("iterations", 0))].append(row)
+    return "\n\n".join(_table(group, seed, iterations)
+                       for (seed, iterations), group in sorted(groups.items()))  # fmt: skip
+
+
+def _table(rows: list[dict], seed: int, iterations: int) -> str:
     dice: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for row in rows:
         dice[(row["rule"], row["round"])][row["case"]] = row["mean_dice"]
@@ -88,8 +97,9 @@ def summary(rows: list[dict]) -> str:
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
     cases = len({row["case"] for row in rows})
     return (
-        f"{cases} train cases; mean Dice after each round (rule − even per case: mean, "
-        "95% bootstrap CI, wins/losses)\n\n" + "\n".join(lines)
+        f"{cases} train cases, seed {seed}, {iterations} iterations per round; mean Dice "
+        "after each round (rule − even per case: mean, 95% bootstrap CI, wins/losses)\n\n"
+        + "\n".join(lines)
     )
 
 

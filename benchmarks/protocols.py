@@ -280,15 +280,19 @@ REFINISHED: dict[str, dict[str, float]] = {
         "supervised+late-prior-blend+class-split": CLASS_SPLIT,
     },
 }
-"""Rows made from the same run of a method (equal-time budget), finished another way: the
+"""Rows made from a run of a method (equal-time budget), finished another way: the
 late blend with the shape prior at the method's ``predict.prior_blend``, then the prior's split
-of the foreground among the classes at the given share (``predict.prior_class_split``)."""
+of the foreground among the classes at the given share (``predict.prior_class_split``). On a
+resume a missing one is made from a new run of the method, whose own row the runner checks
+against the stored one (training is reproducible on one machine)."""
 
 
 def _refinished(method, class_split, case, annotation, predicted, trained, seed, common):
     """The network's probabilities of ``predicted`` averaged late with the shape prior (and
     split among the classes by it), as ``crii``'s final mask is. For ``supervised`` this is
-    not a method of the paper: it shows how much of crii's lead the finishing makes."""
+    not a method of the paper: it shows how much of crii's lead the finishing makes. Its
+    seconds are the run's prediction plus this finishing (for ``crii`` that counts one late
+    blend twice, some milliseconds)."""
     start = time.perf_counter()
     probabilities = blend_with_prior(
         predicted.extra["probabilities"], annotation,
@@ -334,7 +338,8 @@ NEXT_STRATEGIES: dict[str, tuple[str, float]] = {
     "random": ("random", 0.0),
 }
 """Annotate-next strategies: name -> (kind for :func:`pick_slices`, suggestion spread). A
-strategy added later runs alone on a resume (the first round is made again, identically)."""
+strategy added later runs alone on a resume; the first round is made again (the runner warns
+if it does not reproduce the stored one)."""
 
 
 def annotate_next(
@@ -355,7 +360,9 @@ def annotate_next(
                     for index in range(1, setting.next_rounds + 1)
                 )
             ]  # fmt: skip
-            if not wanted:
+            start_key = planned_key("annotate-next", name, "crii", seed=seed, strategy="all",
+                                    round=0)  # fmt: skip
+            if not wanted and start_key in skip:
                 continue  # rounds build on each other: a chain is redone whole or not at all
             first = spread_slices(case.truth, AXIAL, 2)
             start = next_round(case, first, iterations, seed, None, run_dir / "next-0")

@@ -33,6 +33,7 @@ from benchmarks.cases import data_available, split_names
 from benchmarks.protocols import (
     LEARNED,
     PROTOCOLS,
+    REFINISHED,
     SETTINGS,
     Rates,
     Setting,
@@ -123,18 +124,21 @@ def rebased(measured: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any
 
 
 def supersede_stale_rows(path: Path, rates: Rates, budget_seconds: float) -> int:
-    """Rename equal-time rows of learned methods whose iterations the new ``rates`` no longer
-    give to ``<method>-<iterations>-iterations``: they stay in the results, beside the rows
-    the rerun makes. Returns how many were renamed."""
+    """Rename equal-time rows of learned methods (and the rows refinished from their runs,
+    ``REFINISHED``) whose iterations the new ``rates`` no longer give to
+    ``<method>-<iterations>-iterations``: they stay in the results, beside the rows the rerun
+    makes. Returns how many were renamed."""
     if not path.is_file():
         return 0
     rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    source = {derived: method for method, rows_of in REFINISHED.items() for derived in rows_of}
     renamed = 0
     for row in rows:
         method = row["method"]
-        if row.get("budget") != "time" or method not in LEARNED:
+        paced = source.get(method, method)  # a refinished row has its run's iterations
+        if row.get("budget") != "time" or paced not in LEARNED:
             continue
-        if row["iterations"] != rates.iterations(method, budget_seconds):
+        if row["iterations"] != rates.iterations(paced, budget_seconds):
             row["method"] = f"{method}-{row['iterations']}-iterations"
             renamed += 1
     if renamed:
@@ -197,12 +201,15 @@ def run(
         path = folder / f"{name}.jsonl"
         if fresh and path.exists():
             path.unlink()
-        done = {row_key(row) for row in complete_rows(path)}
+        stored = {row_key(row): row for row in complete_rows(path)}
+        done = set(stored)
+        differing = 0
         protocol_start = time.perf_counter()
         made = 0
         with tempfile.TemporaryDirectory() as scratch:
             for row in PROTOCOLS[name](setting, rates, Path(scratch), skip=done):
                 if row_key(row) in done:
+                    differing += _differs_from_stored(row, stored.get(row_key(row)))
                     continue
                 row["machine"] = machine()
                 append_row(path, row)
@@ -210,7 +217,8 @@ def run(
                 print(_summary(row), file=sys.stderr, flush=True)
         minutes = (time.perf_counter() - protocol_start) / 60
         print(f"{name}: {made} new rows in {minutes:.1f} min", file=sys.stderr, flush=True)
-        made_per_protocol.append(f"{name} {made} new rows in {minutes:.1f} min")
+        note = f"; {differing} rerun rows differ from the stored ones" if differing else ""
+        made_per_protocol.append(f"{name} {made} new rows in {minutes:.1f} min{note}")
     total = (time.perf_counter() - started) / 60
     log = folder / "runtime.txt"
     with open(log, "a") as stream:
@@ -220,6 +228,19 @@ def run(
         )
     print(f"done in {total:.1f} min; rows under {folder}", file=sys.stderr)
     return 0
+
+
+def _differs_from_stored(row: dict[str, Any], stored: dict[str, Any] | None) -> int:
+    """1 (and a warning) when a row made again, to refinish its run or to build on it, scores
+    otherwise than the stored row of the same key; rows beside it then come from a run that
+    is not the stored one (training was not reproducible here)."""
+    if stored is None or "mean_dice" not in stored or "iterations" not in row:
+        return 0  # interpolation rows are made again on every pass: nothing to check
+    if abs(row["mean_dice"] - stored["mean_dice"]) <= 1e-4:
+        return 0
+    print(f"warning: {_summary(row)} made again differs from the stored row "
+          f"(dice {stored['mean_dice']:.4f})", file=sys.stderr, flush=True)  # fmt: skip
+    return 1
 
 
 def _scope(setting: Setting, protocols: list[str] | None = None) -> str:

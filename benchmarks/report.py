@@ -278,7 +278,8 @@ def next_strategies(rows: list[Row]) -> list[str]:
 
 def next_differences(rows: list[Row], strategy: str, other: str) -> list[str]:
     """``strategy`` minus ``other`` per volume after each round, and against ``other`` one
-    round later (2 slices more): at or above it there, the suggestions saved 2 slices."""
+    round later (2 slices more, where the suggestions ran out of none): at or above it there,
+    the suggestions saved 2 slices."""
 
     def dice(name: str, index: int) -> dict[str, float]:
         return per_volume(_select(rows, strategy=name, round=index), lambda r: r["mean_dice"])
@@ -286,7 +287,7 @@ def next_differences(rows: list[Row], strategy: str, other: str) -> list[str]:
     last = max(r["round"] for r in rows)
     lines = []
     for index, later, note in [(i, i, "") for i in range(1, last + 1)] + [
-        (i, i + 1, f" at round {i + 1} (2 slices more)") for i in range(1, last)
+        (i, i + 1, f" at round {i + 1} (one round more)") for i in range(1, last)
     ]:
         a, b = dice(strategy, index), dice(other, later)
         cases = sorted(set(a) & set(b))

@@ -123,7 +123,8 @@ def summary(path: Path) -> str:
 
 def finishing_summary(path: Path, variants: list[str], reference: str = "blend-0.5") -> str:
     """Per row set: each way to finish the same network output, its mean Dice and HD95 (mm),
-    and its Dice minus ``reference`` (the product's finishing) per case, with wins/losses."""
+    and its Dice minus ``reference`` per case, with wins/losses (``blend-0.5`` is how the
+    product finishes ``crii``; ``supervised`` it does not blend)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = []
     for variant in variants:
@@ -137,7 +138,9 @@ def finishing_summary(path: Path, variants: list[str], reference: str = "blend-0
                 f"{_mean(chosen, 'interpolation_dice'):.3f}", "",
                 f"| finishing | mean Dice | HD95 mm | Dice − {reference} | wins/losses |",
                 "|---|---|---|---|---|"]  # fmt: skip
-        for name in first["finishing_variants"]:
+        names = [n for n in first["finishing_variants"]
+                 if all(n in r["finishing_variants"] for r in chosen)]  # fmt: skip
+        for name in names:
             dice = np.array([r["finishing_variants"][name] for r in chosen])
             base = np.array([r["finishing_variants"][reference] for r in chosen])
             hd95 = [r["finishing_hd95"][name] for r in chosen]

@@ -149,6 +149,8 @@ class TrainingPanel(QGroupBox):
         form.addRow("Budget", budget)
         form.addRow(self.continue_check)
         form.addRow(self._advanced())
+        self.method_combo.currentTextChanged.connect(self._method_changed)
+        self._method_changed(self.method_combo.currentText())
         self.train_button = QPushButton("Train from current labels")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
@@ -187,7 +189,9 @@ class TrainingPanel(QGroupBox):
             "For a structure made of parts that meet along a border (the head and body of the "
             "hippocampus): the painted outlines, carried between the annotated slices, decide "
             "which part each voxel belongs to. Leave it off for a class that may appear only "
-            "between annotated slices (a lesion): it would be erased there."
+            "between annotated slices (a lesion): it would be erased there. crii only: it "
+            "acts in crii's late average with the shape prior of the annotated slices, and "
+            "applies to the models trained while it is on."
         )
         form.addRow("Learning rate", self.learning_rate_spin)
         for name, spin in self.loss_spins.items():
@@ -197,6 +201,10 @@ class TrainingPanel(QGroupBox):
         self.advanced.addWidget(inner)
         self.advanced.collapse(animate=False)
         return self.advanced
+
+    def _method_changed(self, method: str) -> None:
+        """The class borders come with crii's shape prior: the baselines do not use it."""
+        self.class_split_check.setEnabled(method == "crii")
 
     def _fill_devices(self) -> None:
         """Offer auto and CPU at once; ask a child process for the GPUs (napari itself never
@@ -234,7 +242,8 @@ class TrainingPanel(QGroupBox):
         settings: dict[str, object] = {"train.learning_rate": self.learning_rate_spin.value()}
         for name, spin in self.loss_spins.items():
             settings[f"loss.{name}"] = spin.value()
-        settings["predict.prior_class_split"] = 1.0 if self.class_split_check.isChecked() else 0.0
+        split = self.class_split_check.isChecked() and self.class_split_check.isEnabled()
+        settings["predict.prior_class_split"] = 1.0 if split else 0.0
         return settings
 
     def set_progress(self, text: str, fraction: float | None = None) -> None:

@@ -48,13 +48,16 @@ def test_rows_made_at_the_old_rates_are_renamed_not_dropped(tmp_path: Path) -> N
         {"method": "supervised", "budget": "time", "iterations": 200},  # still right
         {"method": "crii", "budget": "iterations", "iterations": 200},  # paced by supervised
         {"method": "interpolation", "budget": "none"},
+        {"method": "crii+prior-class-split", "budget": "time", "iterations": 150},  # its run's
+        {"method": "supervised+late-prior-blend", "budget": "time", "iterations": 200},
     ]
     path = tmp_path / "interactive.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert supersede_stale_rows(path, rates, 10.0) == 1
+    assert supersede_stale_rows(path, rates, 10.0) == 2
     after = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["method"] for r in after] == [
-        "crii-150-iterations", "supervised", "crii", "interpolation"]  # fmt: skip
+        "crii-150-iterations", "supervised", "crii", "interpolation",
+        "crii+prior-class-split-150-iterations", "supervised+late-prior-blend"]  # fmt: skip
     assert supersede_stale_rows(path, rates, 10.0) == 0  # a second pass changes nothing
 
 
@@ -211,7 +214,7 @@ def test_error_anatomy_tells_class_confusion_from_spill():
 
 def test_next_rules_summary_pairs_each_rule_with_even_per_case():
     rows = [
-        {"case": case, "rule": rule, "round": index, "mean_dice": dice}
+        {"case": case, "rule": rule, "round": index, "mean_dice": dice, "seed": 0, "iterations": 9}
         for case, rule, index, dice in [
             ("a", "start", 0, 0.5), ("b", "start", 0, 0.4),
             ("a", "even", 1, 0.70), ("b", "even", 1, 0.60),
@@ -219,7 +222,7 @@ def test_next_rules_summary_pairs_each_rule_with_even_per_case():
         ]
     ]  # fmt: skip
     table = next_rules.summary(rows).splitlines()
-    assert table[0].startswith("2 train cases")
+    assert table[0].startswith("2 train cases, seed 0, 9 iterations per round")
     assert "| even | 0.650 |" in table
     spread = next(line for line in table if line.startswith("| suggested-spread-1"))
     assert "0.650 (+0.000" in spread and "1/1)" in spread  # one case ahead, one behind
@@ -245,7 +248,7 @@ def test_annotate_next_report_lists_variants_and_the_slices_saved(tmp_path):
     assert order[1:] == ["suggested", "even", "random", "suggested-spread-1"]
     assert "- round 1, suggested minus even: +0.040" in text
     # suggested after round 2 (0.2 up) against even after round 3 (0.18 up): 2 slices saved
-    assert "- round 2, suggested minus even at round 3 (2 slices more): +0.020" in text
+    assert "- round 2, suggested minus even at round 3 (one round more): +0.020" in text
     assert "- round 3, suggested-spread-1 minus random: +0.240" in text
 
 
@@ -273,3 +276,14 @@ def test_finishing_summary_compares_each_finishing_with_the_product_one(tmp_path
     assert "| split | 0.690 | – | +0.040 | 1/1 |" in text  # one HD95 undefined: no mean
     assert "| blend-0.5 | 0.650 | 6.00 | +0.000 | 0/0 |" in text
     assert "old: no rows with finishing HD95" in text
+
+
+def test_a_row_made_again_is_checked_against_the_stored_one(capsys):
+    stored = {"protocol": "interactive", "case": "a", "method": "crii", "mean_dice": 0.70,
+              "iterations": 9}  # fmt: skip
+    assert real_data._differs_from_stored({**stored, "mean_dice": 0.70004}, stored) == 0
+    assert real_data._differs_from_stored({**stored, "mean_dice": 0.69}, stored) == 1
+    assert "differs from the stored row (dice 0.7000)" in capsys.readouterr().err
+    interpolated = {"protocol": "interactive", "case": "a", "method": "interpolation",
+                    "mean_dice": 0.5}  # fmt: skip
+    assert real_data._differs_from_stored(interpolated, {**interpolated, "mean_dice": 0.4}) == 0

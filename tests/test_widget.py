@@ -215,6 +215,9 @@ def test_the_class_border_option_reaches_the_training_command(crii, tmp_path):
     panel.class_split_check.setChecked(True)
     request = widget._request(widget.ensure_session(), tmp_path, tmp_path / "labels.nii.gz")
     assert "predict.prior_class_split=1.0" in request.arguments()
+    panel.method_combo.setCurrentText("supervised")  # no shape prior: nothing to split by
+    assert not panel.class_split_check.isEnabled()
+    assert panel.settings()["predict.prior_class_split"] == 0.0
 
 
 def test_autosave_writes_the_annotations_only_when_they_changed(crii):

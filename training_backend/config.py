@@ -78,7 +78,8 @@ class PredictConfig:
     with the network's probabilities; it applies to ``crii`` with ``loss.use_prior`` (the
     prior is part of that method). ``prior_class_split`` is the share of the prior's split of
     the foreground among the classes, where the prior holds foreground (0: the blend's own
-    split; the foreground itself is never changed by it). ``keep_annotated_components`` drops,
+    split; the foreground itself is never changed by it); it acts within that blend, so only
+    where the blend does. ``keep_annotated_components`` drops,
     per class, 3D components that touch no annotated voxel of the class.
     """
 
