@@ -116,11 +116,16 @@ def test_annotate_next_runs_only_a_strategy_added_later(tmp_path, monkeypatch):
         protocols.planned_key("annotate-next", name, "crii", seed=0, strategy=strategy, round=1)
         for strategy in ("suggested", "even", "random")
     }
+    start = protocols.planned_key("annotate-next", name, "crii", seed=0, strategy="all", round=0)
+    done.add(start)
     assert list(protocols.annotate_next(TINY, RATES, tmp_path, skip=done)) == []
     strategies = {**protocols.NEXT_STRATEGIES, "suggested-spread-1": ("suggested", 1.0)}
     monkeypatch.setattr(protocols, "NEXT_STRATEGIES", strategies)
     rows = list(protocols.annotate_next(TINY, RATES, tmp_path, skip=done))
     assert [(r["strategy"], r["round"]) for r in rows] == [("all", 0), ("suggested-spread-1", 1)]
+    monkeypatch.setattr(protocols, "NEXT_STRATEGIES", {"even": ("even", 0.0)})
+    rows = list(protocols.annotate_next(TINY, RATES, tmp_path, skip=done - {start}))
+    assert (rows[0]["strategy"], rows[0]["round"]) == ("all", 0)  # made again
 
 
 def test_even_picks_fill_the_largest_gaps():
