@@ -44,7 +44,7 @@ def run_case(name: str, rules: list[tuple[str, float]], rounds: int, iterations:
     case = load_case(name)
     first = spread_slices(case.truth, AXIAL, 2)
     start = next_round(case, first, iterations, seed, None, scratch / "start")
-    rows = [_row(name, "start", 0, first, start, iterations, seed)]
+    rows = [_row(case, "start", 0, first, start, iterations, seed)]
     for strategy, spread in rules:
         rng = np.random.default_rng(seed)
         slices, previous = list(first), start
@@ -53,13 +53,13 @@ def run_case(name: str, rules: list[tuple[str, float]], rounds: int, iterations:
             label = rule_name(strategy, spread)
             warm = previous["trained"].model_path
             previous = next_round(case, slices, iterations, seed, warm, scratch / f"{label}{index}")
-            rows.append(_row(name, label, index, slices, previous, iterations, seed))
+            rows.append(_row(case, label, index, slices, previous, iterations, seed))
     return rows
 
 
-def _row(name, rule, index, slices, result, iterations, seed) -> dict:
-    case_score = score(result["predicted"].labels, load_case(name))
-    return {"case": name, "rule": rule, "round": index, "slices": sorted(slices),
+def _row(case, rule, index, slices, result, iterations, seed) -> dict:
+    case_score = score(result["predicted"].labels, case)
+    return {"case": case.name, "rule": rule, "round": index, "slices": sorted(slices),
             "annotated": len(slices), "iterations": iterations, "seed": seed,
             **case_score, "machine": machine()}  # fmt: skip
 
