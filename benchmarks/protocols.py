@@ -262,11 +262,12 @@ def interactive(
                         trained = train_round(make_config(method, iterations, seed), [volume],
                                               run_dir / "interactive")  # fmt: skip
                         predicted = predict_case(trained, case, annotation)
-                        yield _learned_row("interactive", case, method, predicted, trained,
-                                           budget=budget, seed=seed, **common)  # fmt: skip
+                        source = _learned_row("interactive", case, method, predicted,
+                                              trained, budget=budget, seed=seed, **common)
+                        yield source
                         for row_method, class_split in derived.items():
                             yield _refinished(row_method, class_split, case, annotation,
-                                              predicted, trained, seed, common)  # fmt: skip
+                                              predicted, trained, source)  # fmt: skip
 
 
 CLASS_SPLIT = 1.0
@@ -283,11 +284,13 @@ REFINISHED: dict[str, dict[str, float]] = {
 """Rows made from a run of a method (equal-time budget), finished another way: the
 late blend with the shape prior at the method's ``predict.prior_blend``, then the prior's split
 of the foreground among the classes at the given share (``predict.prior_class_split``). On a
-resume a missing one is made from a new run of the method, whose own row the runner checks
-against the stored one (training is reproducible on one machine)."""
+resume a missing one is made from a new run of the method, which need not match the stored
+row of the method (the runner warns when it differs), so each derived row keeps the Dice of
+its own run unfinished (``source_method``, ``source_dice``, ``source_mean_dice``), the pair
+the report compares."""
 
 
-def _refinished(method, class_split, case, annotation, predicted, trained, seed, common):
+def _refinished(method, class_split, case, annotation, predicted, trained, source):
     """The network's probabilities of ``predicted`` averaged late with the shape prior (and
     split among the classes by it), as ``crii``'s final mask is. For ``supervised`` this is
     not a method of the paper: it shows how much of crii's lead the finishing makes. Its
@@ -301,11 +304,13 @@ def _refinished(method, class_split, case, annotation, predicted, trained, seed,
     )  # fmt: skip
     labels = keep_annotated_components(probabilities.argmax(0).astype(np.uint8), annotation)
     predicted_seconds = predicted.seconds + time.perf_counter() - start
-    return _row("interactive", case, method, budget="time", seed=seed,
+    return _row("interactive", case, method, budget="time", seed=source["seed"],
                 iterations=trained.iterations, train_seconds=round(trained.train_seconds, 2),
                 predict_seconds=round(predicted_seconds, 3),
                 round_seconds=round(trained.train_seconds + predicted_seconds, 2),
-                **common, **score(labels, case))  # fmt: skip
+                k=source["k"], slices=source["slices"], **score(labels, case),
+                source_method=source["method"], source_dice=source["dice"],
+                source_mean_dice=source["mean_dice"])  # fmt: skip
 
 
 def ablation(

@@ -123,6 +123,18 @@ def difference_table(rows: list[Row], reference: str, others: list[str], **match
     return lines
 
 
+def same_run_rows(rows: Iterable[Row]) -> list[Row]:
+    """For rows finished another way from a run (they carry ``source_mean_dice``), the Dice of
+    that same run unfinished, as rows of method ``"<source> (same run)"``: the pair that shows
+    what the finishing alone changes, whichever run of the source method is stored."""
+    return [
+        {**row, "method": f"{row['source_method']} (same run)", "dice": row["source_dice"],
+         "mean_dice": row["source_mean_dice"]}
+        for row in rows
+        if "source_mean_dice" in row
+    ]  # fmt: skip
+
+
 def _per_seed(rows: list[Row], method: str, seeds: list[int]) -> dict[int, dict[str, float]]:
     """Seed -> case -> mean Dice of ``method``; interpolation, which has no seed, counts for
     every seed."""
@@ -358,11 +370,14 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
             out += [*difference_table(timed, "crii", list(BASELINES)), ""]
             out += seed_tables(timed, "crii", list(BASELINES))
             for variant in [v for v in CRII_VARIANTS if _select(timed, method=v)]:
-                others = ["crii", *BASELINES, *VARIANT_BASELINES]
+                unfinished = same_run_rows(_select(timed, method=variant))
+                paired = sorted({r["method"] for r in unfinished})
+                others = [*paired, "crii", *BASELINES, *VARIANT_BASELINES]
                 seeds = sorted({r["seed"] for r in _select(timed, method=variant)})
                 for seed in seeds:
                     out += [f"`{variant}`, seed {seed} (every method's seed-{seed} rows):", ""]
-                    out += [*difference_table(timed, variant, others, seed=seed), ""]
+                    out += [*difference_table(timed + unfinished, variant, others, seed=seed)]
+                    out += [""]
             equal = [r for r in rows_k if r.get("budget") == "iterations"]
             if equal:
                 supervised = [r for r in rows_k if r["method"] == "supervised"

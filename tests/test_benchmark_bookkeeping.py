@@ -287,3 +287,24 @@ def test_a_row_made_again_is_checked_against_the_stored_one(capsys):
     interpolated = {"protocol": "interactive", "case": "a", "method": "interpolation",
                     "mean_dice": 0.5}  # fmt: skip
     assert real_data._differs_from_stored(interpolated, {**interpolated, "mean_dice": 0.4}) == 0
+
+
+def test_a_refinished_row_is_paired_with_its_own_run_not_the_stored_one(tmp_path):
+    def row(method, case, dice, **extra):
+        return {"protocol": "interactive", "method": method, "case": case, "k": 2,
+                "seed": 0, "budget": "time", "mean_dice": dice, "dice": [dice, dice],
+                "mean_hd95": 3.0, "round_seconds": 1.0, "slices": [1, 5],
+                **extra}  # fmt: skip
+
+    rows = [row("crii", f"c{i}", 0.5) for i in range(12)]  # a stored run, not the source
+    rows += [row("crii+prior-class-split", f"c{i}", 0.72, source_method="crii",
+                 source_dice=[0.7, 0.7], source_mean_dice=0.7) for i in range(12)]  # fmt: skip
+    unfinished = report.same_run_rows(rows)
+    assert {r["method"] for r in unfinished} == {"crii (same run)"}
+    assert [r["mean_dice"] for r in unfinished] == [0.7] * 12
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "interactive.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = report.build("x", folder, tmp_path / "docs")
+    assert "| crii (same run) | +0.020" in text  # the finishing alone
+    assert "| crii | +0.220" in text  # against the stored run

@@ -77,6 +77,10 @@ def test_interactive_rows_cover_every_method_and_budget(tmp_path):
     assert by[("supervised", "time")]["iterations"] == 4
     assert by[("crii", "iterations")]["iterations"] == 4  # paced by supervised
     assert by[("crii+prior-class-split", "time")]["iterations"] == 3  # the crii run, refinished
+    refinished = by[("crii+prior-class-split", "time")]
+    assert refinished["source_method"] == "crii"  # and it keeps that run's own Dice
+    assert refinished["source_mean_dice"] == by[("crii", "time")]["mean_dice"]
+    assert refinished["source_dice"] == by[("crii", "time")]["dice"]
     for row in rows:
         assert row["k"] == 2 and len(row["slices"]) == 2
         assert len(row["dice"]) == 2 and 0.0 <= row["mean_dice"] <= 1.0
