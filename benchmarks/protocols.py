@@ -262,8 +262,16 @@ def interactive(
                         trained = train_round(make_config(method, iterations, seed), [volume],
                                               run_dir / "interactive")  # fmt: skip
                         predicted = predict_case(trained, case, annotation)
-                        source = _learned_row("interactive", case, method, predicted,
-                                              trained, budget=budget, seed=seed, **common)
+                        source = _learned_row(
+                            "interactive",
+                            case,
+                            method,
+                            predicted,
+                            trained,
+                            budget=budget,
+                            seed=seed,
+                            **common,
+                        )
                         yield source
                         for row_method, class_split in derived.items():
                             yield _refinished(row_method, class_split, case, annotation,
