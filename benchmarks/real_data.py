@@ -233,13 +233,17 @@ def run(
 def _differs_from_stored(row: dict[str, Any], stored: dict[str, Any] | None) -> int:
     """1 (and a warning) when a row made again, to refinish its run or to build on it, scores
     otherwise than the stored row of the same key; rows beside it then come from a run that
-    is not the stored one (training was not reproducible here)."""
+    is not the stored one. Training is reproducible on one machine at one thread count; with
+    another thread count the sums run in another order and a run drifts apart, which the
+    warning names."""
     if stored is None or "mean_dice" not in stored or "iterations" not in row:
         return 0  # interpolation rows are made again on every pass: nothing to check
     if abs(row["mean_dice"] - stored["mean_dice"]) <= 1e-4:
         return 0
+    now, then = machine(), stored.get("machine")
+    cause = f"; stored on {then}, made on {now}" if then and then != now else ""
     print(f"warning: {_summary(row)} made again differs from the stored row "
-          f"(dice {stored['mean_dice']:.4f})", file=sys.stderr, flush=True)  # fmt: skip
+          f"(dice {stored['mean_dice']:.4f}{cause})", file=sys.stderr, flush=True)  # fmt: skip
     return 1
 
 

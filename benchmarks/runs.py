@@ -63,9 +63,13 @@ class Predicted:
 def make_config(
     method: str, iterations: int, seed: int, overrides: dict[str, Any] | None = None
 ) -> CriiConfig:
-    """The product's defaults with an iteration budget, on :data:`DEVICE`, without previews."""
+    """The product's defaults with an iteration budget, on :data:`DEVICE`, without previews,
+    and without the prior's class split (``predict.prior_class_split``): the rows named
+    ``crii`` were all made without it, and it is reported as a row of its own
+    (``benchmarks.protocols.REFINISHED``)."""
     data = CriiConfig().to_dict()
     data["model"]["num_classes"] = NUM_CLASSES
+    data["predict"]["prior_class_split"] = 0.0
     data["train"].update(
         method=method,
         iterations=int(iterations),
@@ -114,7 +118,7 @@ def predict_case(
     model, _ = load_model(trained.model_path, device)
     start = time.perf_counter()
     network = predict_with_config(model, trained.config, case.image, AXIAL, device)
-    final = finish_prediction(network, trained.config, AXIAL, annotation, case.spacing)
+    final = finish_prediction(network, trained.config, AXIAL, annotation, case.spacing, case.image)
     seconds = time.perf_counter() - start
     extra = {"network": network.refined, "probabilities": network.probabilities}
     return Predicted(final.refined, final.slice_scores(AXIAL), seconds, extra)

@@ -33,10 +33,28 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from training_backend.config import METHODS, CriiConfig
+from training_backend.config import METHODS, CriiConfig, PredictConfig
 from training_backend.events import Progress
 
 LOSS_LABELS = {"lambda_intra": "λ intra-patch", "lambda_inter": "λ inter-patch"}
+
+CLASS_BORDERS: dict[str, tuple[str, tuple[float, float | None]]] = {
+    "automatic": (
+        "automatic (annotations where classes look alike)",
+        (1.0, PredictConfig().prior_class_max_contrast),
+    ),
+    "annotations": ("from the annotations", (1.0, None)),
+    "network": ("from the network", (0.0, None)),
+}
+"""Class-border choices: key -> (text, (``predict.prior_class_split``,
+``predict.prior_class_max_contrast``))."""
+
+
+def class_border_of(settings: PredictConfig) -> str:
+    """The choice of :data:`CLASS_BORDERS` that ``settings`` are."""
+    if settings.prior_class_split <= 0.0:
+        return "network"
+    return "annotations" if settings.prior_class_max_contrast is None else "automatic"
 
 
 class LossCurve(QWidget):
@@ -183,28 +201,33 @@ class TrainingPanel(QGroupBox):
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setValue(defaults.train.seed)
-        self.class_split_check = QCheckBox("class borders from the annotations")
-        self.class_split_check.setChecked(defaults.predict.prior_class_split > 0.0)
-        self.class_split_check.setToolTip(
-            "For a structure made of parts that meet along a border (the head and body of the "
-            "hippocampus): the painted outlines, carried between the annotated slices, decide "
-            "which part each voxel belongs to. Leave it off for a class that may appear only "
-            "between annotated slices (a lesion): it would be erased there. crii only: it "
-            "acts in crii's late average with the shape prior of the annotated slices, and "
-            "applies to the models trained while it is on."
+        self.class_border_combo = QComboBox()
+        for key, (text, _) in CLASS_BORDERS.items():
+            self.class_border_combo.addItem(text, key)
+        self.class_border_combo.setCurrentIndex(
+            self.class_border_combo.findData(class_border_of(defaults.predict))
+        )
+        self.class_border_combo.setToolTip(
+            "Where the border between two touching classes is drawn between the annotated "
+            "slices. automatic: by the painted outlines, carried between the slices, for "
+            "classes that look alike in the image (the head and body of the hippocampus), "
+            "by the network for classes the image tells apart (a lesion in an organ). "
+            "annotations: always by the outlines; a class seen only between annotated slices "
+            "would be erased there. network: never by the outlines. crii only (it acts in "
+            "crii's late average with the shape prior); applies to models trained after."
         )
         form.addRow("Learning rate", self.learning_rate_spin)
         for name, spin in self.loss_spins.items():
             form.addRow(LOSS_LABELS.get(name, "λ consistency (max)"), spin)
         form.addRow("Seed", self.seed_spin)
-        form.addRow(self.class_split_check)
+        form.addRow("Class borders", self.class_border_combo)
         self.advanced.addWidget(inner)
         self.advanced.collapse(animate=False)
         return self.advanced
 
     def _method_changed(self, method: str) -> None:
         """The class borders come with crii's shape prior: the baselines do not use it."""
-        self.class_split_check.setEnabled(method == "crii")
+        self.class_border_combo.setEnabled(method == "crii")
 
     def _fill_devices(self) -> None:
         """Offer auto and CPU at once; ask a child process for the GPUs (napari itself never
@@ -242,8 +265,12 @@ class TrainingPanel(QGroupBox):
         settings: dict[str, object] = {"train.learning_rate": self.learning_rate_spin.value()}
         for name, spin in self.loss_spins.items():
             settings[f"loss.{name}"] = spin.value()
-        split = self.class_split_check.isChecked() and self.class_split_check.isEnabled()
-        settings["predict.prior_class_split"] = 1.0 if split else 0.0
+        border = str(self.class_border_combo.currentData())
+        if not self.class_border_combo.isEnabled():
+            border = "network"
+        split, max_contrast = CLASS_BORDERS[border][1]
+        settings["predict.prior_class_split"] = split
+        settings["predict.prior_class_max_contrast"] = max_contrast
         return settings
 
     def set_progress(self, text: str, fraction: float | None = None) -> None:

@@ -105,6 +105,8 @@ def predict_arguments(
 def _setting_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value is None:
+        return "null"
     return str(value)
 
 

@@ -284,6 +284,9 @@ def test_a_row_made_again_is_checked_against_the_stored_one(capsys):
     assert real_data._differs_from_stored({**stored, "mean_dice": 0.70004}, stored) == 0
     assert real_data._differs_from_stored({**stored, "mean_dice": 0.69}, stored) == 1
     assert "differs from the stored row (dice 0.7000)" in capsys.readouterr().err
+    elsewhere = {**stored, "machine": "CPU of another kind, 64 threads"}
+    assert real_data._differs_from_stored({**stored, "mean_dice": 0.69}, elsewhere) == 1
+    assert "stored on CPU of another kind, 64 threads, made on CPU" in capsys.readouterr().err
     interpolated = {"protocol": "interactive", "case": "a", "method": "interpolation",
                     "mean_dice": 0.5}  # fmt: skip
     assert real_data._differs_from_stored(interpolated, {**interpolated, "mean_dice": 0.4}) == 0
@@ -308,3 +311,14 @@ def test_a_refinished_row_is_paired_with_its_own_run_not_the_stored_one(tmp_path
     text = report.build("x", folder, tmp_path / "docs")
     assert "| crii (same run) | +0.020" in text  # the finishing alone
     assert "| crii | +0.220" in text  # against the stored run
+
+
+def test_the_limited_class_splits_tried_on_the_phantom():
+    from benchmarks.class_split_lesion import sure_of_class, within_reach
+
+    regions = np.zeros((2, 1, 1, 6), bool)
+    regions[0, ..., :2] = True  # class 1 at voxels 0-1; class 2 nowhere
+    near = within_reach(regions, 2.0, (1.0, 1.0, 1.0))
+    assert list(near[0, 0, 0]) == [True] * 4 + [False] * 2 and not near[1].any()
+    probabilities = np.array([[0.1, 0.1], [0.85, 0.5], [0.05, 0.4]], np.float32)
+    assert list(sure_of_class(probabilities, 0.9)) == [True, False]  # 0.94 and 0.56 of it

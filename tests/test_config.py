@@ -32,6 +32,8 @@ def test_defaults_are_valid_and_round_trip():
         ("predict", "prior_blend", True, "predict.prior_blend must be a finite number"),
         ("predict", "prior_class_split", 1.5, "predict.prior_class_split must be between"),
         ("predict", "prior_class_split", -0.5, "predict.prior_class_split must be between"),
+        ("predict", "prior_class_max_contrast", -1.0, "predict.prior_class_max_contrast must be"),
+        ("predict", "prior_class_max_contrast", "high", "predict.prior_class_max_contrast must"),
         ("loss", "use_prior", 1, "loss.use_prior must be true or false"),
         ("loss", "use_prior", "yes", "loss.use_prior must be true or false"),
         ("loss", "prior_align", "no", "loss.prior_align must be true or false"),
@@ -87,11 +89,13 @@ def test_predict_and_augment_settings_round_trip(augment):
     config.loss.use_prior = False
     config.predict.prior_blend = 0.75
     config.predict.prior_class_split = 0.5
+    config.predict.prior_class_max_contrast = None
     config.predict.keep_annotated_components = False
     data = config.validate().to_dict()
     assert data["predict"] == {
         "prior_blend": 0.75,
         "prior_class_split": 0.5,
+        "prior_class_max_contrast": None,
         "keep_annotated_components": False,
     }
     assert data["train"]["augment"] == augment

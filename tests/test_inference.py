@@ -117,6 +117,44 @@ def test_the_blend_uses_the_spacing(prediction, annotation):
     np.testing.assert_allclose(out.probabilities, expected, atol=1e-6)
 
 
+def two_class_case(gap: float):
+    """Classes 1 and 2 painted side by side on slices 1 and 5, their intensities ``gap``
+    standard deviations apart; a network that calls all of the foreground class 1."""
+    rng = np.random.default_rng(1)
+    labels = np.zeros(SHAPE, np.uint8)
+    for z in (1, 5):
+        labels[z, 2:8, 2:6] = 1
+        labels[z, 2:8, 6:10] = 2
+    image = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    image[:, :, 6:10] += gap
+    annotation = SparseAnnotation.from_labels(labels, SHAPE, 0, num_classes=3)
+    probabilities = np.full((3, *SHAPE), 0.05, np.float32)
+    probabilities[0] = 0.9
+    probabilities[:, 1:6, 2:8, 2:10] = np.array([0.02, 0.96, 0.02])[:, None, None, None]
+    refined = probabilities.argmax(0).astype(np.uint8)
+    network = VolumePrediction(refined, refined.copy(), probabilities, probabilities[0])
+    return image, annotation, network
+
+
+def test_the_prior_draws_the_border_between_classes_that_look_alike():
+    image, annotation, network = two_class_case(gap=0.0)
+    config = make_config("crii")  # the defaults: split 1.0 below a contrast of 1.5
+    out = finish_prediction(network, config, 0, annotation, None, image)
+    assert (out.refined[3, 2:8, 6:10] == 2).all()  # between the slices: the painted border
+    unsplit = finish_prediction(network, config, 0, annotation, None, None)
+    assert (unsplit.refined[3, 2:8, 6:10] == 1).all()  # no image: the network's classes
+    everywhere = make_config("crii", prior_class_max_contrast=None)
+    assert (finish_prediction(network, everywhere, 0, annotation).refined[3, 2:8, 6:10] == 2).all()
+
+
+def test_classes_the_image_tells_apart_keep_the_networks_border():
+    image, annotation, network = two_class_case(gap=4.0)
+    out = finish_prediction(network, make_config("crii"), 0, annotation, None, image)
+    assert (out.refined[3, 2:8, 6:10] == 1).all()
+    off = make_config("crii", prior_class_split=0.0, prior_class_max_contrast=None)
+    assert (finish_prediction(network, off, 0, annotation).refined[3, 2:8, 6:10] == 1).all()
+
+
 @pytest.mark.parametrize("method", ["supervised", "mean-teacher"])
 def test_other_methods_get_no_blend_but_clean_components(prediction, annotation, method):
     config = make_config(method, prior_blend=0.5)
@@ -164,7 +202,7 @@ def test_predict_final_is_the_prediction_then_the_finishing(tiny_phantom):
     raw = predict_with_config(model, config, phantom.image, 0, device)
     assert_same(predict_final(model, config, phantom.image, 0, device), raw)
     final = predict_final(model, config, phantom.image, 0, device, annotation, phantom.spacing)
-    expected = finish_prediction(raw, config, 0, annotation, phantom.spacing)
+    expected = finish_prediction(raw, config, 0, annotation, phantom.spacing, phantom.image)
     assert_same(final, expected)
     assert final.refined.shape == phantom.image.shape and final.refined.dtype == np.uint8
     np.testing.assert_array_equal(final.refined[slices], labels[slices])

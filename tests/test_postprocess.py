@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from training_backend.annotations import SparseAnnotation
-from training_backend.postprocess import blend_with_prior, keep_annotated_components, split_by_prior
+from training_backend.postprocess import (
+    alike_classes,
+    blend_with_prior,
+    class_contrast,
+    keep_annotated_components,
+    split_by_prior,
+)
 from training_backend.prior import shape_prior
 
 SHAPE = (8, 12, 12)
@@ -176,6 +182,80 @@ def test_split_by_prior_keeps_the_background_and_moves_the_class_line():
     np.testing.assert_allclose(
         half[1:, 0], 0.8 * (0.5 * np.array([0.875, 0.125]) + 0.5 * np.array([0.0, 1.0])), atol=1e-6
     )
+
+
+def test_a_split_the_prior_speaks_for_some_classes_leaves_the_others_their_share():
+    blended = np.array([[0.1], [0.3], [0.2], [0.4]], np.float32)  # 3 foreground classes
+    prior_classes = np.array([[0.0], [0.9], [0.1]], np.float32)
+    speaks_for = np.array([True, True, False])[:, None]  # classes 1 and 2 only
+    out = split_by_prior(blended, prior_classes, 1.0, speaks_for)
+    np.testing.assert_allclose(out[0], blended[0])
+    np.testing.assert_allclose(out[3], blended[3], atol=1e-6)  # class 3 keeps its 0.4
+    np.testing.assert_allclose(out[1:3, 0], [0.0, 0.5], atol=1e-6)  # 0.5 split 0 : 0.9
+
+
+def test_voxels_to_keep_keep_their_own_split():
+    probabilities = np.array([[0.1, 0.1], [0.85, 0.5], [0.05, 0.4]], np.float32)
+    prior_classes = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)  # the prior: class 2
+    out = split_by_prior(probabilities, prior_classes, 1.0, keep=np.array([True, False]))
+    np.testing.assert_allclose(out[:, 0], probabilities[:, 0])  # kept
+    np.testing.assert_allclose(out[:, 1], [0.1, 0.0, 0.9], atol=1e-6)  # split by the prior
+
+
+def contrast_case(gap: float, lesion_voxels: int = 30):
+    """Class 1 (intensity 0 +- 1) and class 2 (``gap`` +- 1) painted on slice 2 of an 8^3
+    volume; class 3 never painted."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[2, :6] = 1
+    labels[2].flat[72 : 72 + lesion_voxels] = 2
+    image[labels == 2] += gap
+    annotation = SparseAnnotation.from_labels(labels, SHAPE, 0, num_classes=4)
+    return image, annotation
+
+
+def test_class_contrast_measures_how_far_apart_two_classes_look():
+    image, annotation = contrast_case(gap=3.0)
+    contrast = class_contrast(image, annotation)
+    assert contrast.shape == (3, 3)
+    assert 2.0 < contrast[0, 1] == contrast[1, 0] < 4.0  # about 3 standard deviations
+    assert np.isnan(contrast[0, 2]) and np.isnan(contrast[1, 2])  # class 3: no voxels
+    alike, _ = contrast_case(gap=0.0)
+    assert class_contrast(alike, annotation)[0, 1] < 0.5
+    few = contrast_case(gap=0.0, lesion_voxels=10)
+    assert np.isnan(class_contrast(*few)[0, 1])  # too few voxels to compare
+
+
+def test_class_contrast_leaves_out_the_outlines_that_mix_two_classes():
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[2, :, :5] = 1
+    labels[2, 1:11, 5:11] = 2  # 60 voxels, of which 32 inside the outline
+    inside = np.zeros(SHAPE, bool)
+    inside[2, 2:10, 6:10] = True
+    image[inside] += 3.0  # only the inside differs: the outline looks like class 1
+    annotation = SparseAnnotation.from_labels(labels, SHAPE, 0, num_classes=3)
+    assert class_contrast(image, annotation)[0, 1] > 2.0
+
+
+def test_alike_classes_groups_classes_linked_by_a_low_contrast():
+    contrast = np.array([[0.0, 0.3, 2.0, np.nan], [0.3, 0.0, 0.9, 3.0],
+                         [2.0, 0.9, 0.0, 4.0], [np.nan, 3.0, 4.0, 0.0]])  # fmt: skip
+    assert alike_classes(contrast, 1.2) == [[1, 2, 3]]  # 1-2 and 2-3 alike: one group
+    assert alike_classes(contrast, 0.5) == [[1, 2]]
+    assert alike_classes(contrast, 0.1) == []
+
+
+def test_the_blend_splits_only_within_the_groups_it_is_given(two_slices):
+    probabilities = random_probabilities(seed=3)
+    everywhere = blend_with_prior(probabilities.copy(), two_slices, 0.5, class_split=1.0)
+    grouped = blend_with_prior(probabilities.copy(), two_slices, 0.5, None, True, 1.0, [[1, 2]])
+    np.testing.assert_allclose(grouped, everywhere, atol=1e-6)  # both classes: the same
+    plain = blend_with_prior(probabilities.copy(), two_slices, 0.5)
+    apart = blend_with_prior(probabilities.copy(), two_slices, 0.5, None, True, 1.0, [])
+    np.testing.assert_allclose(apart, plain, atol=1e-6)  # no class alike: no split
 
 
 def test_the_blend_with_a_class_split_changes_only_how_the_foreground_divides(two_slices):

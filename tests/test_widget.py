@@ -208,15 +208,21 @@ def test_annotations_of_another_shape_are_refused(crii, notes):
     assert len(notes.error) == 1 and "(10, 20, 20)" in notes.error[0]
 
 
-def test_the_class_border_option_reaches_the_training_command(crii, tmp_path):
+def test_the_class_border_choice_reaches_the_training_command(crii, tmp_path):
     _, widget = crii
     panel = widget.training_panel
-    assert panel.settings()["predict.prior_class_split"] == 0.0  # off by default
-    panel.class_split_check.setChecked(True)
+    settings = panel.settings()  # automatic by default, as the backend's defaults
+    assert settings["predict.prior_class_split"] == 1.0
+    assert settings["predict.prior_class_max_contrast"] == 1.5
+    panel.class_border_combo.setCurrentIndex(panel.class_border_combo.findData("annotations"))
     request = widget._request(widget.ensure_session(), tmp_path, tmp_path / "labels.nii.gz")
     assert "predict.prior_class_split=1.0" in request.arguments()
+    assert "predict.prior_class_max_contrast=null" in request.arguments()
+    panel.class_border_combo.setCurrentIndex(panel.class_border_combo.findData("network"))
+    assert panel.settings()["predict.prior_class_split"] == 0.0
+    panel.class_border_combo.setCurrentIndex(panel.class_border_combo.findData("automatic"))
     panel.method_combo.setCurrentText("supervised")  # no shape prior: nothing to split by
-    assert not panel.class_split_check.isEnabled()
+    assert not panel.class_border_combo.isEnabled()
     assert panel.settings()["predict.prior_class_split"] == 0.0
 
 

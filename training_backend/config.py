@@ -79,12 +79,17 @@ class PredictConfig:
     prior is part of that method). ``prior_class_split`` is the share of the prior's split of
     the foreground among the classes, where the prior holds foreground (0: the blend's own
     split; the foreground itself is never changed by it); it acts within that blend, so only
-    where the blend does. ``keep_annotated_components`` drops,
+    where the blend does, and only between classes whose intensities on the annotated slices
+    lie less than ``prior_class_max_contrast`` pooled robust standard deviations apart
+    (:func:`~training_backend.postprocess.class_contrast`; None: between all classes). Classes the image tells apart (a lesion in an organ) keep the network's
+    border; parts of one structure that look alike (the head and body of the hippocampus)
+    get the border of the annotated outlines. ``keep_annotated_components`` drops,
     per class, 3D components that touch no annotated voxel of the class.
     """
 
     prior_blend: float = 0.5
-    prior_class_split: float = 0.0
+    prior_class_split: float = 1.0
+    prior_class_max_contrast: float | None = 1.5
     keep_annotated_components: bool = True
 
 
@@ -172,6 +177,13 @@ class CriiConfig:
             _int_in("train.axis", t.axis, 0, 2)
         _float_in("predict.prior_blend", self.predict.prior_blend, 0.0, 1.0)
         _float_in("predict.prior_class_split", self.predict.prior_class_split, 0.0, 1.0)
+        if self.predict.prior_class_max_contrast is not None:
+            _float_in(
+                "predict.prior_class_max_contrast",
+                self.predict.prior_class_max_contrast,
+                0.0,
+                math.inf,
+            )
         for name, value in (
             ("loss.use_prior", lo.use_prior),
             ("loss.prior_extrapolate", lo.prior_extrapolate),

@@ -15,10 +15,15 @@ from torch.nn import functional as F
 from training_backend import losses
 from training_backend.annotations import SparseAnnotation
 from training_backend.checkpoint import CheckpointData, load_checkpoint
-from training_backend.config import CriiConfig, LossConfig
+from training_backend.config import CriiConfig, LossConfig, PredictConfig
 from training_backend.devices import autocast_for
 from training_backend.model import CRIINet, build_model
-from training_backend.postprocess import blend_with_prior, keep_annotated_components
+from training_backend.postprocess import (
+    alike_classes,
+    blend_with_prior,
+    class_contrast,
+    keep_annotated_components,
+)
 from training_backend.volumes import context_stack, normalize_intensity, round_up
 
 SUGGESTION_REACH_SLICES = 1
@@ -203,7 +208,7 @@ def predict_final(
 ) -> VolumePrediction:
     """The mask a person sees: :func:`predict_with_config`, then :func:`finish_prediction`."""
     prediction = predict_with_config(model, config, image, axis, device)
-    return finish_prediction(prediction, config, axis, annotation, spacing)
+    return finish_prediction(prediction, config, axis, annotation, spacing, image)
 
 
 def finish_prediction(
@@ -212,11 +217,14 @@ def finish_prediction(
     axis: int,
     annotation: SparseAnnotation | None,
     spacing: tuple[float, float, float] | None = None,
+    image: np.ndarray | None = None,
 ) -> VolumePrediction:
     """When the annotation of the image is known: the late average with its shape prior
     (``crii`` with the prior) and the removal of components that touch no annotated voxel
     (``config.predict``). Coarse labels and hardness stay the network's own. Returns a new
-    prediction; ``prediction`` is left as it was."""
+    prediction; ``prediction`` is left as it was. The prior splits the foreground among the
+    classes (``predict.prior_class_split``) only between classes that look alike in ``image``
+    (:func:`class_groups`); without the image, only where no contrast limit is set."""
     if annotation is None or annotation.axis != axis or not annotation.annotated.any():
         return prediction
     settings = config.predict
@@ -229,11 +237,23 @@ def finish_prediction(
             spacing,
             config.loss.prior_align,
             settings.prior_class_split,
+            class_groups(settings, annotation, image),
         )
         refined = probabilities.argmax(0).astype(np.uint8)
     if settings.keep_annotated_components:
         refined = keep_annotated_components(refined, annotation)
     return dataclasses.replace(prediction, probabilities=probabilities, refined=refined)
+
+
+def class_groups(
+    settings: PredictConfig, annotation: SparseAnnotation, image: np.ndarray | None
+) -> list[list[int]] | None:
+    """The groups of classes the prior's class split acts within (None: all classes)."""
+    if settings.prior_class_max_contrast is None:
+        return None
+    if image is None:
+        return []  # the contrast cannot be judged: the classes keep the network's border
+    return alike_classes(class_contrast(image, annotation), settings.prior_class_max_contrast)
 
 
 def suggest_slices(
