@@ -433,6 +433,8 @@ class CriiWidget(QWidget):
         elif isinstance(event, Prediction):
             self.display.drop_preview()
             self.predictions.set_volumes(_layers.read_volumes(vars(event)))
+            if event.class_borders:
+                show_info(event.class_borders)
         elif isinstance(event, Suggestions):
             self.suggestions_panel.show_suggestions(event.slices, event.scores)
         elif isinstance(event, Notice):

@@ -11,6 +11,7 @@ from training_backend.annotations import SparseAnnotation
 from training_backend.config import CriiConfig
 from training_backend.inference import (
     VolumePrediction,
+    describe_class_borders,
     finish_prediction,
     predict_final,
     predict_with_config,
@@ -145,6 +146,21 @@ def test_the_prior_draws_the_border_between_classes_that_look_alike():
     assert (unsplit.refined[3, 2:8, 6:10] == 1).all()  # no image: the network's classes
     everywhere = make_config("crii", prior_class_max_contrast=None)
     assert (finish_prediction(network, everywhere, 0, annotation).refined[3, 2:8, 6:10] == 2).all()
+
+
+def test_the_person_is_told_who_draws_each_class_border():
+    image, annotation, _ = two_class_case(gap=0.0)
+    alike = describe_class_borders(make_config("crii"), annotation, image)
+    assert alike.startswith("class borders: classes 1 and 2 look alike (contrast 0.")
+    assert alike.endswith("< 1.5): the annotated outlines' border")
+    image, annotation, _ = two_class_case(gap=4.0)
+    apart = describe_class_borders(make_config("crii"), annotation, image)
+    assert "look different" in apart and "the network's border" in apart
+    always = make_config("crii", prior_class_max_contrast=None)
+    assert "between all classes" in describe_class_borders(always, annotation, image)
+    off = make_config("crii", prior_class_split=0.0)
+    assert describe_class_borders(off, annotation, image) is None
+    assert describe_class_borders(make_config("supervised"), annotation, image) is None
 
 
 def test_classes_the_image_tells_apart_keep_the_networks_border():

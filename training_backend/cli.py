@@ -22,6 +22,7 @@ from training_backend.devices import resolve_device
 from training_backend.errors import AnnotationError, ConfigError, CriiError
 from training_backend.events import Error, Event, encode
 from training_backend.inference import (
+    describe_class_borders,
     load_model,
     predict_final,
     suggest_slices,
@@ -469,6 +470,9 @@ def run_predict(args: argparse.Namespace) -> int:
             written.append(write_volume(args.probabilities, foreground, volume.geometry))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
+    borders = describe_class_borders(data.config, annotation, volume.array)
+    if borders:
+        print(borders, file=sys.stderr)
     return 0
 
 

@@ -81,10 +81,11 @@ class PredictConfig:
     split; the foreground itself is never changed by it); it acts within that blend, so only
     where the blend does, and only between classes whose intensities on the annotated slices
     lie less than ``prior_class_max_contrast`` pooled robust standard deviations apart
-    (:func:`~training_backend.postprocess.class_contrast`; None: between all classes). Classes the image tells apart (a lesion in an organ) keep the network's
-    border; parts of one structure that look alike (the head and body of the hippocampus)
-    get the border of the annotated outlines. ``keep_annotated_components`` drops,
-    per class, 3D components that touch no annotated voxel of the class.
+    (:func:`~training_backend.postprocess.class_contrast`; None: between all classes).
+    Classes the image tells apart (a lesion in an organ) keep the network's border; parts of
+    one structure that look alike (the head and body of the hippocampus) get the border of
+    the annotated outlines. ``keep_annotated_components`` drops, per class, 3D components
+    that touch no annotated voxel of the class.
     """
 
     prior_blend: float = 0.5

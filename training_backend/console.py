@@ -55,6 +55,8 @@ class ConsoleReporter:
             pass
         elif isinstance(event, Prediction):
             self._line(f"prediction written: {event.refined}")
+            if event.class_borders:
+                self._line(event.class_borders)
         elif isinstance(event, Suggestions):
             pairs = ", ".join(
                 f"{s} ({v:.3f})" for s, v in zip(event.slices, event.scores, strict=True)

@@ -76,6 +76,9 @@ class Prediction(Event):
     coarse: str
     hardness: str
     probabilities: str | None = None
+    class_borders: str | None = None
+    """Who drew the border between touching classes, in words (None: nobody but the network
+    had a say, e.g. one foreground class or a method without the shape prior)."""
 
 
 @dataclass

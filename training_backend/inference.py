@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,37 @@ def class_groups(
     if image is None:
         return []  # the contrast cannot be judged: the classes keep the network's border
     return alike_classes(class_contrast(image, annotation), settings.prior_class_max_contrast)
+
+
+def describe_class_borders(
+    config: CriiConfig, annotation: SparseAnnotation | None, image: np.ndarray | None
+) -> str | None:
+    """Who draws the border between the foreground classes in :func:`finish_prediction`, in
+    words for the person; None where the network alone does and there is nothing to explain
+    (one foreground class, no annotation, a method without the shape prior, or no split)."""
+    settings = config.predict
+    applies = config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0
+    if annotation is None or annotation.num_classes < 3 or not applies:
+        return None
+    if settings.prior_class_split <= 0.0:
+        return None
+    if settings.prior_class_max_contrast is None:
+        return "class borders: from the annotated outlines, between all classes"
+    if image is None:
+        return None
+    contrast = class_contrast(image, annotation)
+    limit = settings.prior_class_max_contrast
+    parts = []
+    for a, b in itertools.combinations(range(len(contrast)), 2):
+        value = contrast[a, b]
+        if np.isnan(value):
+            how = "too few annotated voxels to compare: the network's border"
+        elif value < limit:
+            how = f"look alike (contrast {value:.2f} < {limit:g}): the annotated outlines' border"
+        else:
+            how = f"look different (contrast {value:.2f} >= {limit:g}): the network's border"
+        parts.append(f"classes {a + 1} and {b + 1} {how}")
+    return "class borders: " + "; ".join(parts)
 
 
 def suggest_slices(

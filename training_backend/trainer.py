@@ -40,7 +40,12 @@ from training_backend.events import (
 from training_backend.events import (
     STOP_FILE as STOP_FILE,  # re-exported: callers name the run folder's files from here
 )
-from training_backend.inference import predict_final, predict_slices, suggest_slices
+from training_backend.inference import (
+    describe_class_borders,
+    predict_final,
+    predict_slices,
+    suggest_slices,
+)
 from training_backend.methods import TrainingMethod, build_method
 from training_backend.model import build_model
 from training_backend.prior import leave_one_out_reliability, shape_prior
@@ -538,7 +543,8 @@ def _predict_outputs(job, model, config, axis, run_dir, device) -> Iterator[Even
     paths = {}
     for name in ("refined", "coarse", "hardness", "probabilities"):
         paths[name] = str(_atomic_save_npy(run_dir / f"{name}.npy", getattr(prediction, name)))
-    yield Prediction(**paths)
+    borders = describe_class_borders(config, first.annotation, first.image)
+    yield Prediction(**paths, class_borders=borders)
     picks = suggest_slices(
         prediction.slice_scores(axis), first.annotation.annotated, job.suggestion_count
     )
