@@ -322,3 +322,21 @@ def test_the_limited_class_splits_tried_on_the_phantom():
     assert list(near[0, 0, 0]) == [True] * 4 + [False] * 2 and not near[1].any()
     probabilities = np.array([[0.1, 0.1], [0.85, 0.5], [0.05, 0.4]], np.float32)
     assert list(sure_of_class(probabilities, 0.9)) == [True, False]  # 0.94 and 0.56 of it
+
+
+def test_the_phantom_lesion_finishings_follow_the_products_contrast_rule():
+    from benchmarks.cases import painted
+    from benchmarks.class_split_lesion import finished, phantom_case
+    from training_backend.simulate import spread_slices
+
+    case = phantom_case(0)
+    _, annotation = painted(case, spread_slices(case.truth, 2, 3))
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((3, *case.truth.shape)).astype(np.float32)
+    probabilities /= probabilities.sum(0)
+    labels = finished(probabilities, annotation, case)
+    assert {"blend-0.5", "class-split-1", "class-split-1-alike-1.5"} <= set(labels)
+    assert all(v.shape == case.truth.shape for v in labels.values())
+    # organ and lesion look different: the product's rule leaves the network's border
+    assert np.array_equal(labels["class-split-1-alike-1.5"], labels["blend-0.5"])
+    assert not np.array_equal(labels["class-split-1"], labels["blend-0.5"])
