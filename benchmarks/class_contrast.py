@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.cases import AXIAL, data_available, load_case, painted, split_names
+from benchmarks.cases import AXIAL, Case, data_available, load_case, painted, split_names
 from benchmarks.class_split_lesion import phantom_case
 from benchmarks.real_data import RESULTS
 from training_backend.config import PredictConfig
@@ -24,7 +24,7 @@ from training_backend.simulate import spread_slices
 SLICE_COUNTS = (2, 3, 5)
 
 
-def contrast_of(case, k: int) -> float:
+def contrast_of(case: Case, k: int) -> float:
     _, annotation = painted(case, spread_slices(case.truth, AXIAL, k))
     return float(class_contrast(case.image, annotation)[0, 1])
 
@@ -32,6 +32,8 @@ def contrast_of(case, k: int) -> float:
 def summary_line(name: str, values: np.ndarray, limit: float) -> str:
     undefined = int(np.isnan(values).sum())
     known = values[~np.isnan(values)]
+    if known.size == 0:
+        return f"{name}: {len(values)} cases, none with enough voxels of both classes"
     return (
         f"{name}: {len(values)} cases, median {np.median(known):.2f}, 95th percentile "
         f"{np.percentile(known, 95):.2f}, max {known.max():.2f}; at or above {limit:g}: "

@@ -6,11 +6,13 @@ The phantom (``training_backend.phantom``: an organ with a low-contrast lesion i
 slices) is the case the class split is risky for: the lesion is painted on at most one of a
 few annotated slices, and the prior, interpolated between them, fades it out midway while
 the organ goes on. Per phantom seed, ``crii`` is trained once on k evenly spread slices; the
-same network output is finished with the late blend alone (the product's default), with the
-classes split by the prior (``predict.prior_class_split=1``), and with that split limited to
-the classes the prior holds within a reach (mm). Prints per finishing the Dice of the organ
+same network output is finished with the late blend alone, with the classes split by the
+prior everywhere (``predict.prior_class_max_contrast=null``), only between classes that look
+alike (the product's default rule), only for the classes the prior holds within a reach
+(mm), and only where the network is unsure (it keeps the split where it gives one class a
+share of at least 0.7 to 0.95). Prints per finishing the Dice of the organ
 and of the lesion, and the share of the lesion's voxels found; writes the table to
-``benchmarks/results/class-split-lesion.md``.
+``benchmarks/results/class-split-lesion-kK.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from scipy import ndimage
 from benchmarks.cases import AXIAL, Case, painted
 from benchmarks.real_data import RESULTS, machine
 from benchmarks.runs import make_config, predict_case, train_round
+from training_backend.annotations import SparseAnnotation
 from training_backend.config import PredictConfig
 from training_backend.metrics import dice_per_class
 from training_backend.phantom import phantom_as_nifti
@@ -45,7 +48,8 @@ REACHES = (3.0, 6.0, 10.0)
 """Reaches (mm) tried for the limited split: about one, two and three 2 mm slices and more."""
 SURE = (0.7, 0.8, 0.9, 0.95)
 """Shares of the foreground above which the network's own split is kept."""
-MAX_CONTRAST = PredictConfig().prior_class_max_contrast
+MAX_CONTRAST = PredictConfig().prior_class_max_contrast or 0.0
+"""The product's contrast limit (its default is set: a limit of 0 would split nothing)."""
 
 
 def within_reach(
@@ -73,7 +77,9 @@ def phantom_case(seed: int) -> Case:
     return Case(f"phantom-{seed}", image, truth.astype(np.int64), tuple(geometry.zooms))
 
 
-def finished(probabilities: np.ndarray, annotation, case: Case) -> dict[str, np.ndarray]:
+def finished(
+    probabilities: np.ndarray, annotation: SparseAnnotation, case: Case
+) -> dict[str, np.ndarray]:
     """Finishing name -> final labels of the same network output: the late blend (weight 0.5)
     alone, with the classes split by the prior everywhere, only between classes the image
     does not tell apart (the product's rule, ``predict.prior_class_max_contrast``), only
@@ -111,7 +117,14 @@ def lesion_found(labels: np.ndarray, truth: np.ndarray) -> float:
     return float((labels[lesion] == LESION).mean())
 
 
-def network_output(case, annotation, iterations, seed, run_dir, keep: Path | None):
+def network_output(
+    case: Case,
+    annotation: SparseAnnotation,
+    iterations: int,
+    seed: int,
+    run_dir: Path,
+    keep: Path | None,
+) -> np.ndarray:
     """The trained network's probabilities, read from ``keep`` when an earlier run with the
     same case, slices, iterations and seed stored them there (to try finishings alone)."""
     slices = np.flatnonzero(annotation.annotated)
@@ -129,7 +142,9 @@ def network_output(case, annotation, iterations, seed, run_dir, keep: Path | Non
     return probabilities
 
 
-def run_seed(seed, slice_count, iterations, run_dir: Path, keep: Path | None) -> list[dict]:
+def run_seed(
+    seed: int, slice_count: int, iterations: int, run_dir: Path, keep: Path | None
+) -> list[dict]:
     case = phantom_case(seed)
     slices = spread_slices(case.truth, AXIAL, slice_count)
     _, annotation = painted(case, slices)
@@ -176,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--slices", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=600)
-    parser.add_argument("--out", type=Path, default=RESULTS / "class-split-lesion.md")
+    parser.add_argument("--out", type=Path, help="default: results/class-split-lesion-kK.md")
     parser.add_argument(
         "--keep", type=Path, help="store the network outputs here and reuse them on a rerun"
     )
     args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / f"class-split-lesion-k{args.slices}.md"
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for seed in args.seeds:

@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks.cases import AXIAL, Case, fully_labeled, load_case, painted, split_names
 from benchmarks.runs import (
     INTERPOLATION_METHODS,
+    Predicted,
     Trained,
     interpolate_case,
     make_config,
@@ -34,6 +35,7 @@ from benchmarks.runs import (
     score,
     train_round,
 )
+from training_backend.annotations import SparseAnnotation
 from training_backend.inference import suggest_slices
 from training_backend.postprocess import blend_with_prior, keep_annotated_components
 from training_backend.simulate import spread_slices
@@ -298,7 +300,15 @@ its own run unfinished (``source_method``, ``source_dice``, ``source_mean_dice``
 the report compares."""
 
 
-def _refinished(method, class_split, case, annotation, predicted, trained, source):
+def _refinished(
+    method: str,
+    class_split: float,
+    case: Case,
+    annotation: SparseAnnotation,
+    predicted: Predicted,
+    trained: Trained,
+    source: dict[str, Any],
+) -> dict[str, Any]:
     """The network's probabilities of ``predicted`` averaged late with the shape prior (and
     split among the classes by it), as ``crii``'s final mask is. For ``supervised`` this is
     not a method of the paper: it shows how much of crii's lead the finishing makes. Its

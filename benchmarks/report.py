@@ -127,8 +127,10 @@ def same_run_rows(rows: Iterable[Row]) -> list[Row]:
     """For rows finished another way from a run (they carry ``source_mean_dice``), the Dice of
     that same run unfinished, as rows of method ``"<source> (same run)"``: the pair that shows
     what the finishing alone changes, whichever run of the source method is stored."""
+    unfinished_unknown = ("hd95", "mean_hd95", "predict_seconds", "round_seconds")
     return [
-        {**row, "method": f"{row['source_method']} (same run)", "dice": row["source_dice"],
+        {**{k: v for k, v in row.items() if k not in unfinished_unknown},
+         "method": f"{row['source_method']} (same run)", "dice": row["source_dice"],
          "mean_dice": row["source_mean_dice"]}
         for row in rows
         if "source_mean_dice" in row

@@ -63,7 +63,7 @@ def test_other_format_version_is_refused(tmp_path):
 def test_a_version_1_file_without_the_predict_section_loads_with_its_defaults(tmp_path):
     small_checkpoint(tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert payload["format_version"] == 3
+    assert payload["format_version"] == 4
     payload["format_version"] = 1
     del payload["config"]["predict"]
     torch.save(payload, tmp_path / "old.pt")
@@ -82,6 +82,25 @@ def test_a_file_from_before_the_aligned_prior_keeps_the_unaligned_one(tmp_path):
     data = load_checkpoint(tmp_path / "old.pt")
     assert data.config.loss.prior_align is False  # what it was trained with
     assert data.config.loss.prior_extrapolate == CriiConfig().loss.prior_extrapolate
+
+
+def test_a_file_from_before_the_contrast_limit_keeps_its_class_split(tmp_path):
+    small_checkpoint(tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt").config.predict.prior_class_max_contrast == 1.5
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["format_version"] = 3
+    del payload["config"]["predict"]["prior_class_max_contrast"]
+    payload["config"]["predict"]["prior_class_split"] = 1.0  # chosen: between all classes
+    torch.save(payload, tmp_path / "split.pt")
+    predict = load_checkpoint(tmp_path / "split.pt").config.predict
+    assert predict.prior_class_split == 1.0 and predict.prior_class_max_contrast is None
+    del payload["config"]["predict"]["prior_class_split"]  # from before the class split
+    torch.save(payload, tmp_path / "older.pt")
+    assert load_checkpoint(tmp_path / "older.pt").config.predict.prior_class_split == 0.0
+    del payload["config"]["predict"]
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "oldest.pt")
+    assert load_checkpoint(tmp_path / "oldest.pt").config.predict.prior_class_split == 0.0
 
 
 @pytest.mark.parametrize(

@@ -230,6 +230,14 @@ def test_settings_file_values_are_not_overwritten_by_flag_defaults(case, tmp_pat
     assert saved["train"]["method"] == "supervised" and saved["train"]["seed"] == 3
 
 
+def test_class_borders_can_be_left_to_the_annotations_between_all_classes(case, tmp_path):
+    args = train_args(case, tmp_path / "a", "--set", "predict.prior_class_max_contrast=null")
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["predict"]["prior_class_max_contrast"] is None
+    assert saved["predict"]["prior_class_split"] == 1.0
+
+
 def test_resume_goes_on_with_the_stored_method(case, tmp_path):
     assert main(train_args(case, tmp_path / "a", "--method", "mean-teacher")) == 0
     resumed = train_args(case, tmp_path / "b", "--resume", str(tmp_path / "a" / "model.pt"))

@@ -36,6 +36,13 @@ EXAMPLES = [
     Preview(iteration=10, slice_index=4, path="run/preview.npy"),
     Checkpoint(iteration=10, path="run/model.pt"),
     Prediction(refined="r.npy", coarse="c.npy", hardness="h.npy", probabilities=None),
+    Prediction(
+        refined="r.npy",
+        coarse="c.npy",
+        hardness="h.npy",
+        probabilities="p.npy",
+        class_borders="class borders: classes 1 and 2: the annotated outlines' border",
+    ),
     Suggestions(slices=[5, 12], scores=[0.4, 0.3], axis=2),
     Notice(message="out of memory on cuda:0: the batch size is now 4, training goes on"),
     Error(message="no annotated slice", error_type="AnnotationError"),

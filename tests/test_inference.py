@@ -163,6 +163,23 @@ def test_the_person_is_told_who_draws_each_class_border():
     assert describe_class_borders(make_config("supervised"), annotation, image) is None
 
 
+def test_the_description_follows_classes_linked_through_a_third():
+    rng = np.random.default_rng(2)
+    labels = np.zeros(SHAPE, np.uint8)
+    for z in (1, 5):
+        labels[z, :, 0:4], labels[z, :, 4:8], labels[z, :, 8:12] = 1, 2, 3
+    image = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    image[:, :, 4:8] += 1.0
+    image[:, :, 8:12] += 2.0  # 1-2 and 2-3 alike, 1-3 apart: one group all the same
+    annotation = SparseAnnotation.from_labels(labels, SHAPE, 0, num_classes=4)
+    config = make_config("crii")
+    config.model.num_classes = 4
+    text = describe_class_borders(config, annotation, image)
+    assert "classes 1 and 3: the annotated outlines' border (contrast" in text
+    assert "linked through classes that look alike" in text
+    assert describe_class_borders(config, annotation, None) is None  # nothing measured
+
+
 def test_classes_the_image_tells_apart_keep_the_networks_border():
     image, annotation, network = two_class_case(gap=4.0)
     out = finish_prediction(network, make_config("crii"), 0, annotation, None, image)

@@ -240,6 +240,26 @@ def test_class_contrast_leaves_out_the_outlines_that_mix_two_classes():
     assert class_contrast(image, annotation)[0, 1] > 2.0
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_class_contrast_is_the_same_along_any_slice_axis(axis):
+    image, annotation = contrast_case(gap=3.0)
+    expected = class_contrast(image, annotation)[0, 1]
+    moved_image = np.moveaxis(image, 0, axis)
+    moved = SparseAnnotation.from_labels(
+        np.moveaxis(annotation.labels, 0, axis), moved_image.shape, axis, num_classes=4
+    )
+    assert class_contrast(moved_image, moved)[0, 1] == pytest.approx(expected)
+
+
+def test_class_contrast_ignores_voxels_that_are_not_numbers():
+    image, annotation = contrast_case(gap=3.0)
+    expected = class_contrast(image, annotation)[0, 1]
+    image[2, 0, 0] = np.nan  # a class-1 voxel
+    image[2, 0, 1] = np.inf
+    value = class_contrast(image, annotation)[0, 1]
+    assert np.isfinite(value) and value == pytest.approx(expected, rel=0.1)
+
+
 def test_alike_classes_groups_classes_linked_by_a_low_contrast():
     contrast = np.array([[0.0, 0.3, 2.0, np.nan], [0.3, 0.0, 0.9, 3.0],
                          [2.0, 0.9, 0.0, 4.0], [np.nan, 3.0, 4.0, 0.0]])  # fmt: skip

@@ -145,6 +145,7 @@ def test_predict_at_end_writes_volumes_and_suggestions(tiny_phantom, tmp_path):
     refined = np.load(prediction.refined)
     hardness = np.load(prediction.hardness)
     assert refined.shape == hardness.shape == phantom.image.shape
+    assert prediction.class_borders.startswith("class borders: classes 1 and 2: ")
     assert 0.0 <= hardness.min() and hardness.max() <= 1.0
     assert suggestions.slices and not set(suggestions.slices) & set(slices)
 

@@ -19,17 +19,21 @@ from training_backend.config import CriiConfig
 from training_backend.errors import CheckpointError, ConfigError
 
 FORMAT_NAME = "napari-crii"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2 may hold ``loss.teacher=same-pass`` and ``loss.prior_extrapolate``, and always holds the
 ``predict`` section (late version-1 files hold it too). 3 always holds ``loss.prior_align``.
-An older reader refuses what it does not know with a vaguer message than the version check
-gives."""
-READABLE_VERSIONS = (1, 2, 3)
-"""Older files load with the defaults of what they lack, except ``loss.prior_align``: they were
-trained with the unaligned prior, so they keep it (:data:`SETTINGS_OF_OLDER_FILES`)."""
-SETTINGS_OF_OLDER_FILES = {"loss": {"prior_align": False}}
+4 always holds ``predict.prior_class_max_contrast``. An older reader refuses what it does not
+know with a vaguer message than the version check gives."""
+READABLE_VERSIONS = (1, 2, 3, 4)
+"""Older files load with the defaults of what they lack, except where they were made
+otherwise (:data:`SETTINGS_OF_OLDER_FILES`)."""
+SETTINGS_OF_OLDER_FILES = {
+    "loss": {"prior_align": False},
+    "predict": {"prior_class_split": 0.0, "prior_class_max_contrast": None},
+}
 """What a file that lacks these settings was made with, where that differs from today's
-default."""
+default: the unaligned prior; no class split, and where one was chosen, between all classes
+(the contrast limit came later)."""
 
 
 @dataclass
@@ -123,6 +127,7 @@ def _with_settings_of_older_files(stored: Any) -> Any:
         return stored  # from_dict reports what is wrong with it
     completed = dict(stored)
     for section, values in SETTINGS_OF_OLDER_FILES.items():
-        if isinstance(completed.get(section), dict):
-            completed[section] = {**values, **completed[section]}
+        stored_section = completed.get(section, {})  # a version-1 file may lack a section
+        if isinstance(stored_section, dict):
+            completed[section] = {**values, **stored_section}
     return completed

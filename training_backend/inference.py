@@ -238,7 +238,7 @@ def finish_prediction(
             spacing,
             config.loss.prior_align,
             settings.prior_class_split,
-            class_groups(settings, annotation, image),
+            class_groups(settings, annotation, image) if settings.prior_class_split > 0 else [],
         )
         refined = probabilities.argmax(0).astype(np.uint8)
     if settings.keep_annotated_components:
@@ -265,26 +265,29 @@ def describe_class_borders(
     (one foreground class, no annotation, a method without the shape prior, or no split)."""
     settings = config.predict
     applies = config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0
-    if annotation is None or annotation.num_classes < 3 or not applies:
+    if annotation is None or annotation.num_classes < 3 or not annotation.annotated.any():
         return None
-    if settings.prior_class_split <= 0.0:
+    if not applies or settings.prior_class_split <= 0.0:
         return None
     if settings.prior_class_max_contrast is None:
         return "class borders: from the annotated outlines, between all classes"
     if image is None:
         return None
-    contrast = class_contrast(image, annotation)
     limit = settings.prior_class_max_contrast
+    contrast = class_contrast(image, annotation)
+    group_of = {k: tuple(g) for g in alike_classes(contrast, limit) for k in g}
     parts = []
-    for a, b in itertools.combinations(range(len(contrast)), 2):
-        value = contrast[a, b]
-        if np.isnan(value):
-            how = "too few annotated voxels to compare: the network's border"
-        elif value < limit:
-            how = f"look alike (contrast {value:.2f} < {limit:g}): the annotated outlines' border"
+    for a, b in itertools.combinations(range(1, len(contrast) + 1), 2):
+        value = contrast[a - 1, b - 1]
+        measured = "no contrast measured" if np.isnan(value) else f"contrast {value:.2f}"
+        if a in group_of and group_of[a] == group_of.get(b):
+            linked = "" if value < limit else ", linked through classes that look alike"
+            how = f"the annotated outlines' border ({measured}{linked})"
+        elif np.isnan(value):
+            how = "the network's border (too few annotated voxels to compare them)"
         else:
-            how = f"look different (contrast {value:.2f} >= {limit:g}): the network's border"
-        parts.append(f"classes {a + 1} and {b + 1} {how}")
+            how = f"the network's border (they look different: {measured} >= {limit:g})"
+        parts.append(f"classes {a} and {b}: {how}")
     return "class borders: " + "; ".join(parts)
 
 

@@ -69,10 +69,11 @@ def split_by_prior(
 ) -> np.ndarray:
     """``probabilities`` (K, ...) with the same background, its foreground split among the
     classes by ``share`` of the prior's split (``prior_classes``: the prior's K - 1 foreground
-    probabilities) and 1 - ``share`` of its own, where the prior holds foreground (elsewhere
-    its own). The two classes of a structure are often confused far from their border (the
-    head against the body of the hippocampus); the outlines painted on the annotated slices,
-    carried through the volume by the prior, say where that border lies.
+    probabilities) and 1 - ``share`` of its own, where the prior holds foreground of the
+    classes it speaks for (elsewhere its own). The two classes of a structure are often
+    confused far from their border (the head against the body of the hippocampus); the
+    outlines painted on the annotated slices, carried through the volume by the prior, say
+    where that border lies.
 
     ``speaks_for`` (boolean, broadcast to ``prior_classes``) limits the prior to some classes
     (or voxels of them): it then divides only the share the probabilities give those classes,
@@ -103,7 +104,7 @@ def class_contrast(image: np.ndarray, annotation: SparseAnnotation) -> np.ndarra
     """``(K - 1, K - 1)``: how far apart the image's intensities of each two foreground classes
     lie on the annotated slices, in pooled robust standard deviations (the difference of the
     medians over the root of the mean of the two squared scaled MADs); NaN where a class has
-    fewer than :data:`MIN_CLASS_VOXELS` annotated voxels. Each class's outline, whose voxels
+    fewer than :data:`MIN_CLASS_VOXELS` annotated finite voxels. Each class's outline, whose voxels
     mix it with its neighbours, is left out (one voxel in the slice) where enough remain."""
     planes: list[slice | np.ndarray] = [slice(None)] * annotation.labels.ndim
     planes[annotation.axis] = annotation.annotated
@@ -118,6 +119,7 @@ def class_contrast(image: np.ndarray, annotation: SparseAnnotation) -> np.ndarra
         region = labels == k
         inner = ndimage.binary_erosion(region, in_plane)
         chosen = values[inner if inner.sum() >= MIN_CLASS_VOXELS else region]
+        chosen = chosen[np.isfinite(chosen)]
         if chosen.size < MIN_CLASS_VOXELS:
             stats.append(None)
             continue
