@@ -210,6 +210,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert nib.load(str(tmp_path / f"{name}.nii.gz")).shape == (96, 96, 64)
     assert set(results) == {"refined", "coarse", "interpolation"}
     assert 0.0 <= results["refined"][1] <= 1.0
+    # organ and lesion look different: the network draws their border, and says so
+    assert "classes 1 and 2: the network's border (they look different" in capsys.readouterr().out
 
 
 def test_a_warm_start_takes_the_network_shape_of_its_model(case, tmp_path):

@@ -18,7 +18,12 @@ from training_backend.console import ConsoleReporter
 from training_backend.devices import resolve_device
 from training_backend.errors import TrainingError
 from training_backend.events import Error, Finished
-from training_backend.inference import load_model, predict_final, suggest_slices
+from training_backend.inference import (
+    describe_class_borders,
+    load_model,
+    predict_final,
+    suggest_slices,
+)
 from training_backend.io import write_volume
 from training_backend.metrics import dice_per_class
 from training_backend.phantom import phantom_as_nifti
@@ -86,6 +91,9 @@ def run_demo(out: Path, seconds: float = 60.0, device: str = "auto", seed: int =
     for name, per_class in results.items():
         values = [per_class[k] for k in (1, 2)]
         print(f"  {name:14s} {values[0]:.3f}  {values[1]:.3f}  {np.mean(values):.3f}")
+    borders = describe_class_borders(config, annotation, image)
+    if borders:
+        print(borders)
     print(f"annotate next: {[s for s, _ in suggestions]}")
     print(f"wrote {out}/{{image,truth,annotations,refined,coarse,hardness}}.nii.gz, {figure}")
     return results
