@@ -376,6 +376,7 @@ def build(setting: str, folder: Path, docs: Path, label: str | None = None) -> s
                 paired = sorted({r["method"] for r in unfinished})
                 others = [*paired, "crii", *BASELINES, *VARIANT_BASELINES]
                 seeds = sorted({r["seed"] for r in _select(timed, method=variant)})
+                out += seed_tables(timed, variant, ["crii", *BASELINES])
                 for seed in seeds:
                     out += [f"`{variant}`, seed {seed} (every method's seed-{seed} rows):", ""]
                     out += [*difference_table(timed + unfinished, variant, others, seed=seed)]
