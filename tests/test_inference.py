@@ -151,11 +151,12 @@ def test_the_prior_draws_the_border_between_classes_that_look_alike():
 def test_the_person_is_told_who_draws_each_class_border():
     image, annotation, _ = two_class_case(gap=0.0)
     alike = describe_class_borders(make_config("crii"), annotation, image)
-    assert alike.startswith("class borders: classes 1 and 2 look alike (contrast 0.")
-    assert alike.endswith("< 1.5): the annotated outlines' border")
+    assert alike.startswith("class borders: classes 1 and 2: the annotated outlines' border")
+    assert "(contrast 0." in alike
     image, annotation, _ = two_class_case(gap=4.0)
     apart = describe_class_borders(make_config("crii"), annotation, image)
-    assert "look different" in apart and "the network's border" in apart
+    assert apart.startswith("class borders: classes 1 and 2: the network's border")
+    assert "they look different: contrast" in apart and ">= 1.5" in apart
     always = make_config("crii", prior_class_max_contrast=None)
     assert "between all classes" in describe_class_borders(always, annotation, image)
     off = make_config("crii", prior_class_split=0.0)
