@@ -230,7 +230,7 @@ def finish_prediction(
         return prediction
     settings = config.predict
     probabilities, refined = prediction.probabilities, prediction.refined
-    if config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0:
+    if blends_with_prior(config):
         probabilities = blend_with_prior(
             probabilities,
             annotation,
@@ -244,6 +244,14 @@ def finish_prediction(
     if settings.keep_annotated_components:
         refined = keep_annotated_components(refined, annotation)
     return dataclasses.replace(prediction, probabilities=probabilities, refined=refined)
+
+
+def blends_with_prior(config: CriiConfig) -> bool:
+    """Whether the final mask averages the network with the shape prior: ``crii`` with the
+    prior (it is part of that method) and a blend weight above 0."""
+    return (
+        config.train.method == "crii" and config.loss.use_prior and config.predict.prior_blend > 0
+    )
 
 
 def class_groups(
@@ -264,10 +272,9 @@ def describe_class_borders(
     words for the person; None where the network alone does and there is nothing to explain
     (one foreground class, no annotation, a method without the shape prior, or no split)."""
     settings = config.predict
-    applies = config.train.method == "crii" and config.loss.use_prior and settings.prior_blend > 0
     if annotation is None or annotation.num_classes < 3 or not annotation.annotated.any():
         return None
-    if not applies or settings.prior_class_split <= 0.0:
+    if not blends_with_prior(config) or settings.prior_class_split <= 0.0:
         return None
     if settings.prior_class_max_contrast is None:
         return "class borders: from the annotated outlines, between all classes"

@@ -3,7 +3,9 @@
 - :func:`blend_with_prior`: a late average with the soft shape prior interpolated from the
   annotated slices. It keeps the network's detail inside the annotated range and stops it
   from inventing structure far beyond the outermost annotated slices. Optionally the prior
-  also says how the foreground splits among the classes (:func:`split_by_prior`).
+  also says how the foreground splits among the classes (:func:`split_by_prior`), within
+  groups of classes that look alike in the image (:func:`class_contrast`,
+  :func:`alike_classes`).
 - :func:`keep_annotated_components`: per class, drop the 3D connected components that touch
   no annotated voxel of that class (false blobs). Components are kept, not only the largest
   one: the largest once picked a false blob and zeroed a class on hippocampus.
@@ -82,7 +84,7 @@ def split_by_prior(
     foreground = probabilities[1:].sum(0, keepdims=True)
     own = probabilities[1:] / np.maximum(foreground, 1e-6)
     if speaks_for is None:
-        speaks_for = np.ones(prior_classes.shape, dtype=bool)
+        speaks_for = np.ones((len(prior_classes),) + (1,) * (prior_classes.ndim - 1), bool)
     speaks_for = np.broadcast_to(speaks_for, prior_classes.shape)
     spoken_for = np.where(speaks_for, own, 0.0).sum(0, keepdims=True)
     prior_here = np.where(speaks_for, prior_classes, 0.0)
