@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from benchmarks.cases import AXIAL, NUM_CLASSES, data_available, load_case, painted, split_names
-from benchmarks.class_split_lesion import sure_of_class
+from benchmarks.class_split_lesion import SURE, sure_of_class
 from benchmarks.real_data import RESULTS, machine
 from benchmarks.runs import DEVICE, interpolate_case, make_config, predict_case, score, train_round
 from training_backend.cli import _parse_value
@@ -64,7 +64,7 @@ def finishing_labels(predicted, annotation, case, align: bool) -> dict[str, np.n
         blends[f"blend-0.5-prior-classes-{share:g}"] = split_by_prior(
             blends["blend-0.5"], prior.probabilities[1:], share
         )
-    for sure in (0.7, 0.8, 0.9, 0.95):  # the network keeps the split it is this sure of
+    for sure in SURE:  # the network keeps the split it is this sure of
         blends[f"blend-0.5-prior-classes-1-keep-{sure:g}"] = split_by_prior(
             blends["blend-0.5"], prior.probabilities[1:], 1.0,
             keep=sure_of_class(probabilities, sure),
